@@ -1,0 +1,111 @@
+"""Every setting of the server, read from the environment and `.env`.
+
+This module is the one source of truth for defaults: other modules read `Settings`, never `os.environ`.
+The names listed in MISSION.md keep their names (they are what users already have in their `.env`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SttProvider = Literal["local_whisper", "deepgram", "openai_whisper", "siliconflow"]
+LlmProvider = Literal["local", "openai", "ollama", "siliconflow"]
+TtsProvider = Literal["piper", "edge_tts", "elevenlabs", "openai_tts", "siliconflow"]
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a helpful, friendly voice assistant. Your replies are spoken aloud, so keep them short and "
+    "conversational, and never use markdown, lists or emoji."
+)
+
+
+class Settings(BaseSettings):
+    """Server configuration. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- server -------------------------------------------------------------------------------------
+    server_host: str = "0.0.0.0"
+    server_port: int = Field(8000, ge=1, le=65535)
+    debug: bool = False
+    log_level: str = "INFO"
+    model_name: str = Field(
+        "gpt-realtime",
+        description="Model name reported in sessions when the client does not name one.",
+    )
+
+    # --- providers ----------------------------------------------------------------------------------
+    stt_provider: SttProvider = "local_whisper"
+    llm_provider: LlmProvider = "openai"
+    tts_provider: TtsProvider = "openai_tts"
+
+    # OpenAI (and any OpenAI-compatible endpoint) for the LLM
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    llm_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    llm_max_tokens: int = Field(1024, ge=1)
+    llm_system_prompt: str = DEFAULT_INSTRUCTIONS
+    llm_timeout_s: float = Field(30.0, gt=0)
+
+    # Ollama (OpenAI-compatible endpoint)
+    ollama_base_url: str = "http://localhost:11434/v1"
+    ollama_model: str = "llama3.2"
+
+    # OpenAI text-to-speech
+    openai_tts_api_key: SecretStr | None = Field(
+        None, description="Key for the TTS endpoint; falls back to OPENAI_API_KEY."
+    )
+    openai_tts_base_url: str | None = Field(
+        None, description="Base URL for the TTS endpoint; falls back to OPENAI_BASE_URL."
+    )
+    openai_tts_voice: str = "alloy"
+    openai_tts_model: str = "gpt-4o-mini-tts"
+    tts_timeout_s: float = Field(30.0, gt=0)
+
+    # Speech-to-text (used by the audio-input pipeline)
+    whisper_model: str = "tiny.en"
+
+    # Deepgram
+    deepgram_api_key: SecretStr | None = None
+    deepgram_model: str = "nova-2"
+    deepgram_language: str = "en-US"
+
+    # ElevenLabs
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_voice_id: str = "21m00Tcm4TlvDq8ikWAM"
+
+    # Edge TTS
+    edge_tts_voice: str = "zh-CN-XiaoxiaoNeural"
+
+    # --- server VAD defaults (OpenAI's `turn_detection`) -------------------------------------------
+    vad_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    vad_silence_duration_ms: int = Field(500, ge=0)
+    vad_prefix_padding_ms: int = Field(300, ge=0)
+
+    # --- limits -------------------------------------------------------------------------------------
+    max_sessions: int = Field(100, ge=1)
+    session_max_duration_s: int = Field(30 * 60, ge=1)
+    ws_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    @field_validator("openai_base_url", "ollama_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def websocket_url(self) -> str:
+        host = "localhost" if self.server_host in ("0.0.0.0", "::") else self.server_host
+        return f"ws://{host}:{self.server_port}/v1/realtime"
+
+    def secret(self, name: str) -> str | None:
+        value = getattr(self, name)
+        return value.get_secret_value() if value is not None else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,902 @@
+"""One Realtime session's state machine: configuration, conversation, input buffer and responses.
+
+Pure: no sockets, no pipeline, no asyncio. Client messages go in through `receive`; what the pipeline produces goes
+in through the `on_*` methods; out come server events (`take_events`, already in the connection's dialect) and
+commands for the pipeline (`take_commands`). Every ordering rule and error code of the protocol lives here and in
+`protocol.py`, so they are tested with plain function calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from audio_utils import AudioFormat, InvalidAudio, OutputEncoder, decode_base64, encode_base64
+from config import DEFAULT_INSTRUCTIONS, Settings
+from conversation import (
+    ROOT,
+    Conversation,
+    SpokenSegment,
+    StoredItem,
+    chat_messages,
+    has_image,
+    heard_text,
+    tool_choice_for_chat,
+    tools_for_chat,
+)
+from protocol import (
+    MIN_COMMIT_MS,
+    AudioAppend,
+    AudioClear,
+    AudioCommit,
+    ClientCommand,
+    Dialect,
+    ItemCreate,
+    ItemDelete,
+    ItemRetrieve,
+    ItemTruncate,
+    JsonDict,
+    OutputAudioClear,
+    ProtocolError,
+    ProviderFailure,
+    ResponseCancel,
+    ResponseCreate,
+    ServerEvent,
+    SessionKind,
+    SessionUpdate,
+    Usage,
+    check_modalities,
+    check_tool,
+    check_tool_choice,
+    error_event,
+    new_id,
+    parse_client_event,
+    render_event,
+    to_beta_session,
+    to_beta_transcription_session,
+)
+
+Modality: TypeAlias = Literal["text", "audio"]
+# Bounds that keep one misbehaving client from growing server memory without limit.
+MAX_INPUT_BUFFER_MS = 15 * 60 * 1000
+MAX_CONCURRENT_RESPONSES = 8
+
+
+@dataclass(frozen=True)
+class SessionDefaults:
+    """What a new session starts with, from the server's settings."""
+
+    model: str = "gpt-realtime"
+    instructions: str = DEFAULT_INSTRUCTIONS
+    voice: str = "alloy"
+    temperature: float = 0.8
+    llm_max_tokens: int = 1024
+    vad_threshold: float = 0.5
+    vad_prefix_padding_ms: int = 300
+    vad_silence_duration_ms: int = 500
+    transcription_model: str = "whisper-1"
+    lifetime_s: int = 30 * 60
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionDefaults:
+        return cls(
+            model=settings.model_name,
+            instructions=settings.llm_system_prompt,
+            temperature=settings.llm_temperature,
+            llm_max_tokens=settings.llm_max_tokens,
+            vad_threshold=settings.vad_threshold,
+            vad_prefix_padding_ms=settings.vad_prefix_padding_ms,
+            vad_silence_duration_ms=settings.vad_silence_duration_ms,
+            lifetime_s=settings.session_max_duration_s,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Commands for the pipeline
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResponse:
+    """Generate a response: run the LLM on `messages`, and TTS on its text when `modality` is audio."""
+
+    response_id: str
+    messages: list[JsonDict]
+    tools: list[JsonDict]
+    tool_choice: str | JsonDict
+    max_tokens: int
+    temperature: float
+    modality: Modality
+    voice: str
+    speed: float
+    has_images: bool = False
+
+
+@dataclass
+class CancelResponse:
+    """Stop generating a response; nothing more of it reaches the client."""
+
+    response_id: str
+
+
+Command: TypeAlias = RunResponse | CancelResponse
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Response bookkeeping
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _OpenMessage:
+    stored: StoredItem
+    output_index: int
+    text: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+
+@dataclass
+class _OpenCall:
+    item: JsonDict
+    output_index: int
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Response:
+    id: str
+    in_band: bool
+    modality: Modality
+    audio_format: JsonDict
+    voice: str | JsonDict
+    max_output_tokens: int | str
+    metadata: dict[str, str] | None
+    encoder: OutputEncoder
+    status: str = "in_progress"
+    status_details: JsonDict | None = None
+    output: list[JsonDict] = field(default_factory=list)
+    message: _OpenMessage | None = None
+    calls: dict[int, _OpenCall] = field(default_factory=dict)
+    usage: Usage | None = None
+
+
+def _snapshot(item: JsonDict) -> JsonDict:
+    """A copy of an item safe to put in an event (items change as a response goes on)."""
+    return copy.deepcopy(item)
+
+
+class RealtimeSession:
+    """The state of one Realtime connection. See the module docstring."""
+
+    def __init__(
+        self,
+        defaults: SessionDefaults,
+        dialect: Dialect,
+        kind: SessionKind = "realtime",
+        model: str | None = None,
+        clock: Callable[[], float] = time.time,
+        initial_config: JsonDict | None = None,
+    ) -> None:
+        self.defaults = defaults
+        self.dialect = dialect
+        self.kind = kind
+        self.id = new_id("sess")
+        self.conversation_id = new_id("conv")
+        self.temperature = defaults.temperature
+        self.conversation = Conversation()
+        self.config = self._initial_config(model, clock())
+        self._outbox: list[JsonDict] = []
+        self._commands: list[Command] = []
+        self._responses: dict[str, _Response] = {}
+        self._in_band_id: str | None = None
+        self._input_buffer = bytearray()
+        self._input_item_id = new_id("item")
+        if initial_config:
+            self._apply_session_update(SessionUpdate(None, kind, initial_config))
+
+    # ---- outputs ---------------------------------------------------------------------------------------------
+
+    def take_events(self) -> list[JsonDict]:
+        events, self._outbox = self._outbox, []
+        return events
+
+    def take_commands(self) -> list[Command]:
+        commands, self._commands = self._commands, []
+        return commands
+
+    @property
+    def active_response_ids(self) -> list[str]:
+        return list(self._responses)
+
+    @property
+    def in_band_response_id(self) -> str | None:
+        return self._in_band_id
+
+    def _emit(self, event_type: ServerEvent, **fields: object) -> None:
+        self._emit_event({"type": event_type.value, "event_id": new_id("event"), **fields})
+
+    def _emit_event(self, event: JsonDict) -> None:
+        rendered = render_event(event, self.dialect, beta_temperature=self.temperature)
+        if rendered is not None:
+            self._outbox.append(rendered)
+
+    # ---- configuration ---------------------------------------------------------------------------------------
+
+    def _initial_config(self, model: str | None, now: float) -> JsonDict:
+        d = self.defaults
+        turn_detection = {"type": "server_vad", **self._turn_detection_defaults()["server_vad"]}
+        pcm = {"type": "audio/pcm", "rate": 24000}
+        audio_input = {"format": pcm, "transcription": None, "noise_reduction": None, "turn_detection": turn_detection}
+        expires_at = int(now) + d.lifetime_s
+        if self.kind == "transcription":
+            audio_input["transcription"] = {"model": d.transcription_model, "language": None, "prompt": ""}
+            return {
+                "type": "transcription",
+                "object": "realtime.transcription_session",
+                "id": self.id,
+                "expires_at": expires_at,
+                "audio": {"input": audio_input},
+                "include": None,
+            }
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": self.id,
+            "model": model or d.model,
+            "output_modalities": ["audio"],
+            "instructions": d.instructions,
+            "tools": [],
+            "tool_choice": "auto",
+            "max_output_tokens": "inf",
+            "tracing": None,
+            "truncation": "auto",
+            "prompt": None,
+            "expires_at": expires_at,
+            "include": None,
+            "audio": {"input": audio_input, "output": {"format": dict(pcm), "voice": d.voice, "speed": 1.0}},
+        }
+
+    def _turn_detection_defaults(self) -> dict[str, JsonDict]:
+        d = self.defaults
+        return {
+            "server_vad": {
+                "threshold": d.vad_threshold,
+                "prefix_padding_ms": d.vad_prefix_padding_ms,
+                "silence_duration_ms": d.vad_silence_duration_ms,
+                "idle_timeout_ms": None,
+                "create_response": True,
+                "interrupt_response": True,
+            },
+            "semantic_vad": {"eagerness": "auto", "create_response": True, "interrupt_response": True},
+        }
+
+    def session_object(self) -> JsonDict:
+        """The full effective session in this connection's dialect."""
+        if self.dialect == "ga":
+            return copy.deepcopy(self.config)
+        if self.kind == "transcription":
+            return to_beta_transcription_session(self.config)
+        return to_beta_session(self.config, self.temperature)
+
+    @property
+    def voice(self) -> str:
+        voice = self.config["audio"]["output"]["voice"]
+        return voice["id"] if isinstance(voice, dict) else voice
+
+    @property
+    def input_format(self) -> AudioFormat:
+        return AudioFormat.from_wire(self.config["audio"]["input"]["format"])
+
+    @property
+    def turn_detection(self) -> JsonDict | None:
+        return self.config["audio"]["input"]["turn_detection"]
+
+    # ---- client events ---------------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """The events a new connection starts with."""
+        self._emit(ServerEvent.SESSION_CREATED, session=self.session_object())
+        if self.kind == "realtime":
+            conversation = {"id": self.conversation_id, "object": "realtime.conversation"}
+            self._emit(ServerEvent.CONVERSATION_CREATED, conversation=conversation)
+
+    def receive(self, message: str | bytes) -> None:
+        """Handles one client WebSocket message. Bad input becomes an `error` event; the session goes on."""
+        try:
+            command = parse_client_event(message, self.dialect)
+            self._dispatch(command)
+        except ProtocolError as error:
+            self._emit_event(error.to_event())
+
+    def report_error(self, error: ProtocolError) -> None:
+        self._emit_event(error.to_event())
+
+    def _dispatch(self, command: ClientCommand) -> None:
+        match command:
+            case SessionUpdate():
+                self._session_update(command)
+            case AudioAppend():
+                self._audio_append(command)
+            case AudioCommit():
+                self._audio_commit(command)
+            case AudioClear():
+                self._input_buffer.clear()
+                self._emit(ServerEvent.INPUT_AUDIO_BUFFER_CLEARED)
+            case OutputAudioClear():
+                raise ProtocolError(
+                    "output_audio_buffer.clear applies to WebRTC and SIP connections only; on a WebSocket, stop "
+                    "playback in the client and send response.cancel and conversation.item.truncate.",
+                    code="invalid_event",
+                    param="type",
+                    event_id=command.event_id,
+                )
+            case ItemCreate():
+                self._item_create(command)
+            case ItemRetrieve():
+                stored = self._require_item(command.item_id, command.event_id)
+                self._emit(ServerEvent.CONVERSATION_ITEM_RETRIEVED, item=stored.with_audio())
+            case ItemDelete():
+                self._require_item(command.item_id, command.event_id)
+                self.conversation.delete(command.item_id)
+                self._emit(ServerEvent.CONVERSATION_ITEM_DELETED, item_id=command.item_id)
+            case ItemTruncate():
+                self._item_truncate(command)
+            case ResponseCreate():
+                self._response_create(command)
+            case ResponseCancel():
+                self._response_cancel(command)
+
+    def _session_update(self, command: SessionUpdate) -> None:
+        if command.kind != self.kind:
+            which = "transcription" if command.kind == "transcription" else "realtime"
+            raise ProtocolError(
+                f"Passing a {which} session update event to a {self.kind} session is not allowed.",
+                param="session.type",
+                event_id=command.event_id,
+            )
+        self._apply_session_update(command)
+        event_type = ServerEvent.SESSION_UPDATED
+        if self.dialect == "beta" and self.kind == "transcription":
+            event_type = ServerEvent.TRANSCRIPTION_SESSION_UPDATED
+        self._emit(event_type, session=self.session_object())
+
+    def _apply_session_update(self, command: SessionUpdate) -> None:
+        patch = command.patch
+        event_id = command.event_id
+        if "output_modalities" in patch:
+            check_modalities(patch["output_modalities"], "session.output_modalities", event_id)
+        for index, tool in enumerate(patch.get("tools") or []):
+            check_tool(tool, f"session.tools[{index}]", event_id)
+        if "tool_choice" in patch:
+            check_tool_choice(patch["tool_choice"], "session.tool_choice", event_id)
+        names = [tool["name"] for tool in patch.get("tools") or []]
+        if len(names) != len(set(names)):
+            raise ProtocolError("Tool names must be unique.", param="session.tools", event_id=event_id)
+        self.config = merge_session(self.config, patch, self._turn_detection_defaults())
+        if command.temperature is not None:
+            self.temperature = command.temperature
+
+    # ---- input audio buffer ----------------------------------------------------------------------------------
+
+    def _audio_append(self, command: AudioAppend) -> None:
+        try:
+            audio = decode_base64(command.audio)
+            if self.input_format is AudioFormat.PCM16 and len(audio) % 2:
+                raise InvalidAudio("PCM16 audio must have an even number of bytes.")
+        except InvalidAudio as exc:
+            raise ProtocolError(str(exc), param="audio", event_id=command.event_id) from None
+        fmt = self.input_format
+        if fmt.duration_ms(len(self._input_buffer) + len(audio)) > MAX_INPUT_BUFFER_MS:
+            raise ProtocolError(
+                f"The input audio buffer is full ({MAX_INPUT_BUFFER_MS // 60000} minutes): commit or clear it.",
+                code="input_audio_buffer_full",
+                event_id=command.event_id,
+            )
+        self._input_buffer.extend(audio)
+
+    def _audio_commit(self, command: AudioCommit) -> None:
+        buffered_ms = self.input_format.duration_ms(len(self._input_buffer))
+        if buffered_ms < MIN_COMMIT_MS:
+            raise ProtocolError(
+                "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, but "
+                f"buffer only has {buffered_ms:.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+                event_id=command.event_id,
+            )
+        self.commit_input_audio(bytes(self._input_buffer), transcript=None)
+        self._input_buffer.clear()
+
+    def commit_input_audio(self, audio: bytes, transcript: str | None) -> str:
+        """Turns buffered audio into a user item (client commit, or VAD end of speech). Returns the item id."""
+        item_id = self._input_item_id
+        self._input_item_id = new_id("item")
+        previous = self.conversation.last_id()
+        self._emit(ServerEvent.INPUT_AUDIO_BUFFER_COMMITTED, previous_item_id=previous, item_id=item_id)
+        item = {
+            "id": item_id,
+            "type": "message",
+            "object": "realtime.item",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": transcript}],
+        }
+        stored = StoredItem(item=item, audio=bytearray(audio), audio_format=self.input_format)
+        self._add_item(stored, None)
+        return item_id
+
+    # ---- conversation items ----------------------------------------------------------------------------------
+
+    def _require_item(self, item_id: str, event_id: str | None) -> StoredItem:
+        stored = self.conversation.get(item_id)
+        if stored is None:
+            raise ProtocolError(
+                f"Item with item_id '{item_id}' not found in the conversation.", param="item_id", event_id=event_id
+            )
+        return stored
+
+    def _item_create(self, command: ItemCreate) -> None:
+        item = dict(command.item)
+        event_id = command.event_id
+        item_id = item.pop("id", None) or new_id("item")
+        if item_id in self.conversation or any(item_id == r.message.stored.id for r in self._open_messages()):
+            raise ProtocolError(
+                f"Item with id '{item_id}' already exists in the conversation.", param="item.id", event_id=event_id
+            )
+        previous = command.previous_item_id
+        if previous is not None and previous != ROOT and previous not in self.conversation:
+            raise ProtocolError(
+                f"Error adding item: the previous item with id '{previous}' does not exist.",
+                param="previous_item_id",
+                event_id=event_id,
+            )
+        audio = bytearray()
+        for index, part in enumerate(item.get("content", [])):
+            if part["type"] == "input_audio" and part.get("audio") is not None:
+                try:
+                    audio = bytearray(decode_base64(part.pop("audio")))
+                except InvalidAudio as exc:
+                    raise ProtocolError(str(exc), param=f"item.content[{index}].audio", event_id=event_id) from None
+        item = {"id": item_id, "object": "realtime.item", **item}
+        self._add_item(StoredItem(item=item, audio=audio, audio_format=self.input_format), previous)
+
+    def _add_item(self, stored: StoredItem, after: str | None) -> None:
+        previous = self.conversation.add(stored, after)
+        self._emit(ServerEvent.CONVERSATION_ITEM_ADDED, previous_item_id=previous, item=_snapshot(stored.item))
+        self._emit(ServerEvent.CONVERSATION_ITEM_DONE, previous_item_id=previous, item=_snapshot(stored.item))
+
+    def _item_truncate(self, command: ItemTruncate) -> None:
+        event_id = command.event_id
+        stored = self._require_item(command.item_id, event_id)
+        item = stored.item
+        if item["type"] != "message" or item["role"] != "assistant":
+            raise ProtocolError("Only assistant messages can be truncated.", param="item_id", event_id=event_id)
+        content = item["content"]
+        if command.content_index >= len(content) or content[command.content_index]["type"] != "output_audio":
+            raise ProtocolError(
+                f"Content index {command.content_index} of item '{item['id']}' is not an audio part.",
+                param="content_index",
+                event_id=event_id,
+            )
+        total_ms = stored.audio_ms
+        if command.audio_end_ms > total_ms + 0.5:
+            raise ProtocolError(
+                f"audio_end_ms ({command.audio_end_ms}) is beyond the end of the item's audio ({total_ms:.0f}ms).",
+                param="audio_end_ms",
+                event_id=event_id,
+            )
+        part = content[command.content_index]
+        heard = heard_text(stored.spoken, total_ms, command.audio_end_ms)
+        part["transcript"] = heard
+        keep = int(command.audio_end_ms * stored.audio_format.bytes_per_ms)
+        keep -= keep % (2 if stored.audio_format is AudioFormat.PCM16 else 1)
+        del stored.audio[keep:]
+        stored.spoken = [SpokenSegment(0.0, heard)]
+        for response in self._responses.values():
+            if response.message is not None and response.message.stored is stored:
+                response.message.truncated = True
+        self._emit(
+            ServerEvent.CONVERSATION_ITEM_TRUNCATED,
+            item_id=item["id"],
+            content_index=command.content_index,
+            audio_end_ms=command.audio_end_ms,
+        )
+
+    # ---- responses -------------------------------------------------------------------------------------------
+
+    def _open_messages(self) -> list[_Response]:
+        return [r for r in self._responses.values() if r.message is not None]
+
+    def create_response(
+        self, params: JsonDict | None = None, *, event_id: str | None = None, temperature: float | None = None
+    ) -> str:
+        """Starts a response (client `response.create`, or the server after a VAD turn). Returns its id."""
+        params = params or {}
+        config = self.config
+        if self.kind != "realtime":
+            raise ProtocolError(
+                "Transcription sessions do not create responses.",
+                code="invalid_event",
+                param="type",
+                event_id=event_id,
+            )
+        in_band = params.get("conversation", "auto") != "none"
+        if in_band and self._in_band_id is not None:
+            raise ProtocolError(
+                f"Conversation already has an active response in progress: {self._in_band_id}. Wait until the "
+                "response is finished before creating a new one.",
+                code="conversation_already_has_active_response",
+                event_id=event_id,
+            )
+        if len(self._responses) >= MAX_CONCURRENT_RESPONSES:
+            raise ProtocolError(
+                f"Too many responses in progress (at most {MAX_CONCURRENT_RESPONSES}).",
+                code="too_many_active_responses",
+                event_id=event_id,
+            )
+        tools = params["tools"] if "tools" in params else config["tools"]
+        tool_choice = params.get("tool_choice", config["tool_choice"])
+        if isinstance(tool_choice, dict) and tool_choice["name"] not in {tool["name"] for tool in tools}:
+            raise ProtocolError(
+                f"Tool choice '{tool_choice['name']}' does not name one of the tools.",
+                param="response.tool_choice.name",
+                event_id=event_id,
+            )
+        items = self._resolve_input(params["input"], event_id) if "input" in params else self.conversation.items()
+        audio_output = params.get("audio", {}).get("output", {})
+        session_output = config["audio"]["output"]
+        audio_format = audio_output.get("format") or session_output["format"]
+        voice = audio_output.get("voice") or session_output["voice"]
+        modality: Modality = (params.get("output_modalities") or config["output_modalities"])[0]
+        max_output_tokens = params.get("max_output_tokens", config["max_output_tokens"])
+        instructions = params["instructions"] if "instructions" in params else config["instructions"]
+        effective_temperature = temperature if temperature is not None else self.temperature
+
+        response = _Response(
+            id=new_id("resp"),
+            in_band=in_band,
+            modality=modality,
+            audio_format=dict(audio_format),
+            voice=voice,
+            max_output_tokens=max_output_tokens,
+            metadata=params.get("metadata"),
+            encoder=OutputEncoder(AudioFormat.from_wire(audio_format)),
+        )
+        self._responses[response.id] = response
+        if in_band:
+            self._in_band_id = response.id
+        self._emit(ServerEvent.RESPONSE_CREATED, response=self._response_object(response))
+        self._commands.append(
+            RunResponse(
+                response_id=response.id,
+                messages=chat_messages(items, instructions),
+                tools=tools_for_chat(tools),
+                tool_choice=tool_choice_for_chat(tool_choice),
+                max_tokens=self.defaults.llm_max_tokens if max_output_tokens == "inf" else int(max_output_tokens),
+                temperature=effective_temperature,
+                modality=modality,
+                voice=voice["id"] if isinstance(voice, dict) else voice,
+                speed=float(session_output.get("speed", 1.0)),
+                has_images=any(has_image(item) for item in items if item["type"] == "message"),
+            )
+        )
+        return response.id
+
+    def _resolve_input(self, entries: list[JsonDict], event_id: str | None) -> list[JsonDict]:
+        items = []
+        for index, entry in enumerate(entries):
+            if entry.get("type") == "item_reference":
+                stored = self.conversation.get(entry["id"])
+                if stored is None:
+                    raise ProtocolError(
+                        f"Item with id '{entry['id']}' not found in the conversation.",
+                        param=f"response.input[{index}].id",
+                        event_id=event_id,
+                    )
+                items.append(stored.item)
+            else:
+                item = {"id": entry.get("id") or new_id("item"), "object": "realtime.item", **entry}
+                for part in item.get("content", []):
+                    part.pop("audio", None)
+                items.append(item)
+        return items
+
+    def _response_create(self, command: ResponseCreate) -> None:
+        self.create_response(command.params, event_id=command.event_id, temperature=command.temperature)
+
+    def _response_cancel(self, command: ResponseCancel) -> None:
+        if command.response_id is not None:
+            if command.response_id not in self._responses:
+                raise ProtocolError(
+                    f"Cancellation failed: no active response found with id '{command.response_id}'.",
+                    code="response_cancel_not_active",
+                    param="response_id",
+                    event_id=command.event_id,
+                )
+            response_id = command.response_id
+        elif self._in_band_id is not None:
+            response_id = self._in_band_id
+        elif self._responses:
+            response_id = next(reversed(self._responses))
+        else:
+            raise ProtocolError(
+                "Cancellation failed: no active response found",
+                code="response_cancel_not_active",
+                event_id=command.event_id,
+            )
+        self.cancel_response(response_id, "client_cancelled")
+
+    def cancel_response(self, response_id: str, reason: Literal["client_cancelled", "turn_detected"]) -> None:
+        """Ends a response as cancelled (client request, or the user speaking over it)."""
+        response = self._responses.get(response_id)
+        if response is None:
+            return
+        self._commands.append(CancelResponse(response_id))
+        self._finish(response, "cancelled", {"type": "cancelled", "reason": reason})
+
+    def _response_object(self, response: _Response) -> JsonDict:
+        return {
+            "object": "realtime.response",
+            "id": response.id,
+            "status": response.status,
+            "status_details": response.status_details,
+            "output": [_snapshot(item) for item in response.output],
+            "conversation_id": self.conversation_id if response.in_band else None,
+            "output_modalities": [response.modality],
+            "max_output_tokens": response.max_output_tokens,
+            "audio": {"output": {"format": response.audio_format, "voice": response.voice}},
+            "usage": response.usage.to_wire() if response.usage else None,
+            "metadata": response.metadata,
+        }
+
+    # ---- what the pipeline reports ---------------------------------------------------------------------------
+
+    def on_message_started(self, response_id: str) -> None:
+        """The LLM began a text reply: the assistant message item opens (before its audio is ready)."""
+        response = self._responses.get(response_id)
+        if response is not None:
+            self._ensure_message(response)
+
+    def on_text(self, response_id: str, text: str) -> None:
+        """A text delta of a text-modality response."""
+        response = self._responses.get(response_id)
+        if response is None or not text:
+            return
+        message = self._ensure_message(response)
+        message.text.append(text)
+        message.stored.item["content"][0]["text"] += text
+        self._emit(ServerEvent.RESPONSE_OUTPUT_TEXT_DELTA, **self._part_ids(response, message), delta=text)
+
+    def on_transcript(self, response_id: str, text: str) -> None:
+        """Text about to be spoken by an audio-modality response (sent just ahead of its audio)."""
+        response = self._responses.get(response_id)
+        if response is None or not text:
+            return
+        message = self._ensure_message(response)
+        message.text.append(text)
+        if not message.truncated:
+            message.stored.spoken.append(SpokenSegment(message.stored.audio_ms, text))
+            message.stored.item["content"][0]["transcript"] += text
+        self._emit(ServerEvent.RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DELTA, **self._part_ids(response, message), delta=text)
+
+    def on_audio(self, response_id: str, pcm: bytes) -> None:
+        """PCM16 mono 24 kHz audio of an audio-modality response."""
+        response = self._responses.get(response_id)
+        if response is None or not pcm:
+            return
+        message = self._ensure_message(response)
+        encoded = response.encoder.encode(pcm)
+        if not encoded:
+            return
+        if not message.truncated:
+            message.stored.audio.extend(encoded)
+        self._emit(
+            ServerEvent.RESPONSE_OUTPUT_AUDIO_DELTA,
+            **self._part_ids(response, message),
+            delta=encode_base64(encoded),
+        )
+
+    def on_tool_call(self, response_id: str, index: int, call_id: str | None, name: str | None, arguments: str) -> None:
+        """A piece of a tool call the LLM is making: the first piece of each call names it."""
+        response = self._responses.get(response_id)
+        if response is None:
+            return
+        call = response.calls.get(index)
+        if call is None:
+            self._close_message(response, "completed")
+            for open_call in list(response.calls.values()):
+                self._close_call(response, open_call, "completed")
+            item = {
+                "id": new_id("item"),
+                "type": "function_call",
+                "object": "realtime.item",
+                "status": "in_progress",
+                "name": name or "",
+                "call_id": call_id or new_id("call"),
+                "arguments": "",
+            }
+            call = _OpenCall(item=item, output_index=len(response.output))
+            response.calls[index] = call
+            response.output.append(item)
+            self._item_started(response, item, call.output_index)
+        elif name and not call.item["name"]:
+            call.item["name"] = name
+        if arguments:
+            call.arguments.append(arguments)
+            self._emit(
+                ServerEvent.RESPONSE_FUNCTION_CALL_ARGUMENTS_DELTA,
+                response_id=response.id,
+                item_id=call.item["id"],
+                output_index=call.output_index,
+                call_id=call.item["call_id"],
+                delta=arguments,
+            )
+
+    def on_response_done(self, response_id: str, usage: Usage | None, finish_reason: str | None) -> None:
+        """The pipeline finished the response (all text, audio and tool calls delivered)."""
+        response = self._responses.get(response_id)
+        if response is None:
+            return
+        response.usage = usage
+        flushed = response.encoder.flush()
+        if flushed and response.message is not None:
+            self._emit(
+                ServerEvent.RESPONSE_OUTPUT_AUDIO_DELTA,
+                **self._part_ids(response, response.message),
+                delta=encode_base64(flushed),
+            )
+            if not response.message.truncated:
+                response.message.stored.audio.extend(flushed)
+        if finish_reason == "length":
+            self._finish(response, "incomplete", {"type": "incomplete", "reason": "max_output_tokens"})
+        elif finish_reason == "content_filter":
+            self._finish(response, "incomplete", {"type": "incomplete", "reason": "content_filter"})
+        else:
+            self._finish(response, "completed", None)
+
+    def on_response_failed(self, response_id: str, failure: ProviderFailure) -> None:
+        """A provider failed while generating the response: an `error` event, then a failed `response.done`."""
+        response = self._responses.get(response_id)
+        if response is None:
+            return
+        self._emit_event(error_event(failure.error_type, failure.code, failure.message))
+        error = {"type": failure.error_type, "code": failure.code, "message": failure.message}
+        self._finish(response, "failed", {"type": "failed", "error": error})
+
+    # ---- response helpers ------------------------------------------------------------------------------------
+
+    def _part_ids(self, response: _Response, message: _OpenMessage) -> JsonDict:
+        return {
+            "response_id": response.id,
+            "item_id": message.stored.id,
+            "output_index": message.output_index,
+            "content_index": 0,
+        }
+
+    def _ensure_message(self, response: _Response) -> _OpenMessage:
+        if response.message is not None:
+            return response.message
+        for open_call in list(response.calls.values()):
+            self._close_call(response, open_call, "completed")
+        item = {
+            "id": new_id("item"),
+            "type": "message",
+            "object": "realtime.item",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
+        audio_format = AudioFormat.from_wire(response.audio_format)
+        message = _OpenMessage(StoredItem(item=item, audio_format=audio_format), output_index=len(response.output))
+        response.message = message
+        response.output.append(item)
+        self._item_started(response, item, message.output_index)
+        part = {"type": "audio", "transcript": ""} if response.modality == "audio" else {"type": "text", "text": ""}
+        self._emit(ServerEvent.RESPONSE_CONTENT_PART_ADDED, **self._part_ids(response, message), part=part)
+        # From here on the stored item shows the reply so far (retrieve and truncate see it mid-response).
+        if response.modality == "audio":
+            item["content"] = [{"type": "output_audio", "transcript": ""}]
+        else:
+            item["content"] = [{"type": "output_text", "text": ""}]
+        return message
+
+    def _item_started(self, response: _Response, item: JsonDict, output_index: int) -> None:
+        self._emit(
+            ServerEvent.RESPONSE_OUTPUT_ITEM_ADDED,
+            response_id=response.id,
+            output_index=output_index,
+            item=_snapshot(item),
+        )
+        if response.in_band:
+            stored = response.message.stored if item["type"] == "message" and response.message else StoredItem(item)
+            previous = self.conversation.add(stored)
+            self._emit(ServerEvent.CONVERSATION_ITEM_ADDED, previous_item_id=previous, item=_snapshot(item))
+
+    def _item_finished(self, response: _Response, item: JsonDict, output_index: int) -> None:
+        self._emit(
+            ServerEvent.RESPONSE_OUTPUT_ITEM_DONE,
+            response_id=response.id,
+            output_index=output_index,
+            item=_snapshot(item),
+        )
+        if response.in_band and item["id"] in self.conversation:
+            previous = self.conversation.previous_id(item["id"])
+            self._emit(ServerEvent.CONVERSATION_ITEM_DONE, previous_item_id=previous, item=_snapshot(item))
+
+    def _close_message(self, response: _Response, status: str) -> None:
+        message = response.message
+        if message is None:
+            return
+        response.message = None
+        item = message.stored.item
+        ids = self._part_ids(response, message)
+        full_text = "".join(message.text)
+        if response.modality == "audio":
+            transcript = full_text
+            # After a truncation the stored transcript is what the user heard, not all that was generated.
+            item_transcript = item["content"][0]["transcript"] if message.truncated else full_text
+            self._emit(ServerEvent.RESPONSE_OUTPUT_AUDIO_DONE, **ids)
+            self._emit(ServerEvent.RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DONE, **ids, transcript=transcript)
+            self._emit(ServerEvent.RESPONSE_CONTENT_PART_DONE, **ids, part={"type": "audio", "transcript": transcript})
+            item["content"] = [{"type": "output_audio", "transcript": item_transcript}]
+        else:
+            self._emit(ServerEvent.RESPONSE_OUTPUT_TEXT_DONE, **ids, text=full_text)
+            self._emit(ServerEvent.RESPONSE_CONTENT_PART_DONE, **ids, part={"type": "text", "text": full_text})
+            item["content"] = [{"type": "output_text", "text": full_text}]
+        item["status"] = status
+        self._item_finished(response, item, message.output_index)
+
+    def _close_call(self, response: _Response, call: _OpenCall, status: str) -> None:
+        del response.calls[next(index for index, open_call in response.calls.items() if open_call is call)]
+        item = call.item
+        item["arguments"] = "".join(call.arguments)
+        item["status"] = status
+        self._emit(
+            ServerEvent.RESPONSE_FUNCTION_CALL_ARGUMENTS_DONE,
+            response_id=response.id,
+            item_id=item["id"],
+            output_index=call.output_index,
+            call_id=item["call_id"],
+            name=item["name"],
+            arguments=item["arguments"],
+        )
+        self._item_finished(response, item, call.output_index)
+
+    def _finish(self, response: _Response, status: str, details: JsonDict | None) -> None:
+        item_status = "completed" if status == "completed" else "incomplete"
+        self._close_message(response, item_status)
+        for call in list(response.calls.values()):
+            self._close_call(response, call, item_status)
+        response.status = status
+        response.status_details = details
+        del self._responses[response.id]
+        if self._in_band_id == response.id:
+            self._in_band_id = None
+        self._emit(ServerEvent.RESPONSE_DONE, response=self._response_object(response))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# session.update merge semantics
+# --------------------------------------------------------------------------------------------------------------
+
+# Keys whose value is replaced as a whole rather than merged key by key.
+_REPLACED_KEYS = frozenset({"format", "voice", "tools", "tool_choice", "tracing", "truncation", "prompt", "include"})
+
+
+def merge_session(current: JsonDict, patch: JsonDict, turn_detection_defaults: dict[str, JsonDict]) -> JsonDict:
+    """`current` with `patch` applied: nested objects merge, `null` clears, lists and the keys in
+    `_REPLACED_KEYS` are replaced, and a turn detection of another `type` starts from that type's defaults."""
+    merged = copy.deepcopy(current)
+    for key, value in patch.items():
+        old = merged.get(key)
+        if key == "turn_detection" and isinstance(value, dict):
+            kind = value.get("type") or (old or {}).get("type") or "server_vad"
+            base = dict(old) if old is not None and old.get("type") == kind else dict(turn_detection_defaults[kind])
+            merged[key] = {**base, "type": kind, **value}
+        elif isinstance(value, dict) and isinstance(old, dict) and key not in _REPLACED_KEYS:
+            merged[key] = merge_session(old, value, turn_detection_defaults)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

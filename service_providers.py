@@ -1,0 +1,463 @@
+"""The LLM and TTS providers, chosen by configuration, created once per process and shared by all sessions.
+
+`Providers.from_settings` checks the configuration (a provider without its key stops the server at startup) and
+holds the process-wide clients (HTTP connection pools, loaded models). Each session's pipeline asks it for its
+processors: `create_llm()` and `create_tts()`.
+
+The LLM side is our own small Pipecat processor over an OpenAI-compatible chat client rather than Pipecat's
+`OpenAILLMService`: a Realtime response needs things that service does not expose — per-response instructions,
+tools, token limits and temperature, tool-call arguments streamed as they arrive (the client runs the tools), and
+the provider's token usage and finish reason. Text-to-speech uses Pipecat's services as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import openai
+from pipecat.frames.frames import (
+    Frame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.openai.tts import VALID_VOICES as OPENAI_TTS_VOICES
+from pipecat.services.openai.tts import OpenAITTSService
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import TTSService
+
+from config import Settings
+from pipeline_frames import (
+    ResponseEndFrame,
+    ResponseMessageStartFrame,
+    ResponseRequestFrame,
+    ResponseStartFrame,
+    ResponseTextFrame,
+    ResponseToolCallFrame,
+)
+from protocol import ProviderFailure, Usage
+from realtime_session import RunResponse
+
+
+class ConfigurationError(RuntimeError):
+    """The configuration cannot work (a provider without its key, an unknown provider): the server won't start."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Failures → what the client is told
+# --------------------------------------------------------------------------------------------------------------
+
+_SECRET_PATTERN = re.compile(r"(sk|ek|key|Bearer)[-_ ]?[A-Za-z0-9_\-\.]{8,}", re.IGNORECASE)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _SECRET_PATTERN.sub("***", text)
+
+
+def _status_failure(stage: str, provider: str, status: int, detail: str) -> ProviderFailure:
+    if status in (401, 403):
+        code, what = "provider_authentication_failed", "rejected the credentials"
+    elif status == 429:
+        code, what = "provider_rate_limited", "is rate limiting requests"
+    elif 400 <= status < 500:
+        code, what = "provider_rejected_request", "rejected the request"
+    else:
+        code, what = "provider_error", "had an internal error"
+    message = f"The {stage} provider '{provider}' {what} (HTTP {status})"
+    if detail and status not in (401, 403):
+        message += f": {detail[:300]}"
+    return ProviderFailure(code=code, message=message + ".")
+
+
+def provider_failure(stage: str, provider: str, exc: BaseException, secrets: list[str]) -> ProviderFailure:
+    """A provider exception as the failure reported to the client, with any credentials removed."""
+    if isinstance(exc, openai.APIStatusError):
+        detail = redact(_error_detail(exc), secrets)
+        return _status_failure(stage, provider, exc.status_code, detail)
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | TimeoutError):
+        return ProviderFailure("provider_timeout", f"The {stage} provider '{provider}' timed out.")
+    if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+        return ProviderFailure(
+            "provider_unavailable", f"The {stage} provider '{provider}' could not be reached or dropped the connection."
+        )
+    detail = redact(str(exc), secrets)[:300]
+    return ProviderFailure("provider_error", f"The {stage} provider '{provider}' failed: {detail}")
+
+
+def _error_detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+    return exc.message or ""
+
+
+_STATUS_IN_MESSAGE = re.compile(r"status(?: code)?[:= ]+(\d{3})", re.IGNORECASE)
+
+
+def failure_from_error_text(stage: str, provider: str, text: str, secrets: list[str]) -> ProviderFailure:
+    """A failure from a Pipecat `ErrorFrame` that carries only a message."""
+    text = redact(text, secrets)
+    match = _STATUS_IN_MESSAGE.search(text)
+    if match:
+        return _status_failure(stage, provider, int(match.group(1)), "")
+    lowered = text.lower()
+    if "timeout" in lowered or "timed out" in lowered:
+        return ProviderFailure("provider_timeout", f"The {stage} provider '{provider}' timed out.")
+    if "connect" in lowered:
+        return ProviderFailure(
+            "provider_unavailable", f"The {stage} provider '{provider}' could not be reached or dropped the connection."
+        )
+    return ProviderFailure("provider_error", f"The {stage} provider '{provider}' failed: {text[:300]}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LLM
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    call_id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass
+class ChatChunk:
+    text: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class ChatClient(Protocol):
+    """A streaming chat-completions client shared by every session."""
+
+    name: str
+    supports_images: bool
+    secrets: list[str]
+
+    def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]: ...
+
+    async def close(self) -> None: ...
+
+
+class OpenAICompatibleChat:
+    """Any OpenAI-compatible `/chat/completions` endpoint (OpenAI, Ollama, vLLM, SiliconFlow, llama.cpp …)."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        timeout_s: float,
+        *,
+        token_limit_field: str = "max_tokens",
+        supports_images: bool = True,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.supports_images = supports_images
+        self.secrets = [api_key] if api_key else []
+        self._token_limit_field = token_limit_field
+        http_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "no-key", max_retries=0, http_client=http_client
+        )
+
+    async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": run.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": run.temperature,
+            self._token_limit_field: run.max_tokens,
+        }
+        if run.tools:
+            params["tools"] = run.tools
+            params["tool_choice"] = run.tool_choice
+        stream = await self._client.chat.completions.create(**params)
+        async with stream:
+            async for chunk in stream:
+                yield _chat_chunk(chunk)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _chat_chunk(chunk: Any) -> ChatChunk:
+    result = ChatChunk()
+    if chunk.usage is not None:
+        details = getattr(chunk.usage, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None) or 0
+        result.usage = Usage(
+            input_tokens=chunk.usage.prompt_tokens or 0,
+            output_tokens=chunk.usage.completion_tokens or 0,
+            cached_tokens=cached,
+        )
+    if chunk.choices:
+        choice = chunk.choices[0]
+        result.finish_reason = choice.finish_reason
+        delta = choice.delta
+        if delta is not None:
+            result.text = delta.content or ""
+            for call in delta.tool_calls or []:
+                function = call.function
+                result.tool_calls.append(
+                    ToolCallDelta(
+                        index=call.index,
+                        call_id=call.id,
+                        name=function.name if function else None,
+                        arguments=(function.arguments or "") if function else "",
+                    )
+                )
+    return result
+
+
+class ChatLLMProcessor(FrameProcessor):
+    """Runs a `ResponseRequestFrame` through a chat client and pushes what comes back as frames.
+
+    Audio responses send their text to the TTS as `LLMTextFrame`s between `LLMFullResponseStart/EndFrame`; text
+    responses send `ResponseTextFrame`s, which the TTS passes through untouched. An `InterruptionFrame` cancels
+    the request in flight (Pipecat cancels the processing task), which closes the HTTP stream.
+    """
+
+    def __init__(self, client: ChatClient) -> None:
+        super().__init__(name=f"llm-{client.name}")
+        self._client = client
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, ResponseRequestFrame):
+            await self._generate(frame.run)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _generate(self, run: RunResponse) -> None:
+        response_id = run.response_id
+        audio = run.modality == "audio"
+        await self.push_frame(ResponseStartFrame(response_id))
+        if audio:
+            await self.push_frame(LLMFullResponseStartFrame())
+        usage: Usage | None = None
+        finish_reason: str | None = None
+        failure: ProviderFailure | None = None
+        if run.has_images and not self._client.supports_images:
+            failure = ProviderFailure(
+                "images_not_supported",
+                f"The LLM provider '{self._client.name}' does not accept images; the image stays in the "
+                "conversation but this response cannot use it.",
+                error_type="invalid_request_error",
+            )
+        else:
+            message_started = False
+            try:
+                async for chunk in self._client.stream(run):
+                    if chunk.text:
+                        if not message_started:
+                            message_started = True
+                            await self.push_frame(ResponseMessageStartFrame(response_id))
+                        if audio:
+                            await self.push_frame(LLMTextFrame(chunk.text))
+                        else:
+                            await self.push_frame(ResponseTextFrame(response_id, chunk.text))
+                    for call in chunk.tool_calls:
+                        await self.push_frame(
+                            ResponseToolCallFrame(response_id, call.index, call.call_id, call.name, call.arguments)
+                        )
+                    usage = chunk.usage or usage
+                    finish_reason = chunk.finish_reason or finish_reason
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failure = provider_failure("LLM", self._client.name, exc, self._client.secrets)
+        if audio:
+            await self.push_frame(LLMFullResponseEndFrame())
+        await self.push_frame(ResponseEndFrame(response_id, usage, finish_reason, failure))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TTS
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _StaysUsable:
+    """Pipecat writes off a TTS service after a permanent-looking error (a 401, three silent replies) and then
+    never speaks again. Here each response reports its own failure to the client, and the next one tries again,
+    so the session stays usable."""
+
+    async def set_usable(self, is_usable: bool) -> None:
+        await super().set_usable(True)  # type: ignore[misc]
+
+
+class RealtimeOpenAITTS(_StaysUsable, OpenAITTSService):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # A failed sentence fails its response at once (the client decides whether to retry), as the LLM does.
+        self._client = self._client.with_options(max_retries=0)
+
+
+class TtsProvider(Protocol):
+    """Makes one TTS service per session pipeline, sharing process-wide resources between them."""
+
+    name: str
+    secrets: list[str]
+
+    def create(self) -> TTSService: ...
+
+    def voice_for(self, requested: str) -> str: ...
+
+    def settings_delta(self, voice: str, speed: float) -> TTSSettings: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class OpenAITtsProvider:
+    name: str
+    secrets: list[str]
+    base_url: str = ""
+    api_key: str | None = None
+    model: str = "gpt-4o-mini-tts"
+    default_voice: str = "alloy"
+    timeout_s: float = 30.0
+    _http: httpx.AsyncClient | None = None
+
+    def create(self) -> TTSService:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            )
+        return RealtimeOpenAITTS(
+            api_key=self.api_key or "no-key",
+            base_url=self.base_url,
+            http_client=self._http,
+            sample_rate=24_000,
+            max_consecutive_zero_audio_contexts=0,
+            # Pipecat ends a silent audio context after this long; past our HTTP timeout, so that a stalled
+            # provider is reported as the timeout it is.
+            stop_frame_timeout_s=self.timeout_s + 1.0,
+            settings=OpenAITTSService.Settings(model=self.model, voice=self.default_voice),
+        )
+
+    def voice_for(self, requested: str) -> str:
+        """OpenAI's TTS knows the Realtime voices; anything else falls back to the configured voice."""
+        return requested if requested in OPENAI_TTS_VOICES else self.default_voice
+
+    def settings_delta(self, voice: str, speed: float) -> TTSSettings:
+        return OpenAITTSService.Settings(voice=voice, speed=speed)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Providers:
+    """The providers chosen by configuration, shared by every session of the process."""
+
+    llm: ChatClient
+    tts: TtsProvider
+    description: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Providers:
+        llm = _create_llm(settings)
+        tts = _create_tts(settings)
+        description = {"llm": f"{llm.name}", "tts": tts.name}
+        return cls(llm=llm, tts=tts, description=description)
+
+    @property
+    def secrets(self) -> list[str]:
+        return [*self.llm.secrets, *self.tts.secrets]
+
+    def create_llm(self) -> ChatLLMProcessor:
+        return ChatLLMProcessor(self.llm)
+
+    def create_tts(self) -> TTSService:
+        return self.tts.create()
+
+    async def close(self) -> None:
+        await self.llm.close()
+        await self.tts.close()
+
+
+def _require(settings: Settings, name: str, provider: str) -> str:
+    value = settings.secret(name)
+    if not value:
+        raise ConfigurationError(f"{provider} needs {name.upper()}: set it in the environment or in .env.")
+    return value
+
+
+def _is_openai_host(base_url: str) -> bool:
+    return "api.openai.com" in base_url
+
+
+def _create_llm(settings: Settings) -> ChatClient:
+    provider = settings.llm_provider
+    if provider == "openai":
+        base_url = settings.openai_base_url
+        # OpenAI's own endpoint needs a key; a local OpenAI-compatible server (vLLM, llama.cpp) usually does not.
+        api_key = (
+            _require(settings, "openai_api_key", "LLM_PROVIDER=openai")
+            if _is_openai_host(base_url)
+            else (settings.secret("openai_api_key"))
+        )
+        return OpenAICompatibleChat(
+            "openai",
+            base_url,
+            api_key,
+            settings.openai_model,
+            settings.llm_timeout_s,
+            token_limit_field="max_completion_tokens" if _is_openai_host(base_url) else "max_tokens",
+        )
+    if provider == "ollama":
+        return OpenAICompatibleChat(
+            "ollama", settings.ollama_base_url, None, settings.ollama_model, settings.llm_timeout_s
+        )
+    raise ConfigurationError(f"LLM_PROVIDER={provider} is not available in this build.")
+
+
+def _create_tts(settings: Settings) -> TtsProvider:
+    provider = settings.tts_provider
+    if provider == "openai_tts":
+        base_url = (settings.openai_tts_base_url or settings.openai_base_url).rstrip("/")
+        api_key = settings.secret("openai_tts_api_key") or settings.secret("openai_api_key")
+        if not api_key and _is_openai_host(base_url):
+            raise ConfigurationError(
+                "TTS_PROVIDER=openai_tts needs OPENAI_API_KEY (or OPENAI_TTS_API_KEY): set it in the environment "
+                "or in .env."
+            )
+        return OpenAITtsProvider(
+            name="openai_tts",
+            secrets=[api_key] if api_key else [],
+            base_url=base_url,
+            api_key=api_key,
+            model=settings.openai_tts_model,
+            default_voice=settings.openai_tts_voice,
+            timeout_s=settings.tts_timeout_s,
+        )
+    raise ConfigurationError(f"TTS_PROVIDER={provider} is not available in this build.")

@@ -1,0 +1,267 @@
+"""A loopback fake of OpenAI's HTTP API: streaming chat completions (SSE, with usage) and `/v1/audio/speech` (PCM).
+
+It speaks the real wire shapes so that the server's real provider code (the `openai` SDK, Pipecat's OpenAI TTS)
+runs against it. Tests steer it through `/_fake/*` endpoints:
+
+* `POST /_fake/script` `{"chat": [step, …], "speech": [step, …]}` queues the behaviour of the next requests
+  (each request takes the next step; without a step the default applies). A chat step is
+  `{"text": str, "tool_calls": [{"name", "arguments", "id"?}], "status": int, "delay_s": float,
+  "chunk_delay_s": float, "stall_after_chunks": int, "drop_after_chunks": int, "finish_reason": str,
+  "prompt_tokens": int, "chunk_chars": int}`; a speech step is `{"status": int, "delay_s": float,
+  "ms_per_char": float, "stall_s": float, "drop_after_bytes": int}`.
+* `GET /_fake/requests` returns every request received (path, headers, JSON body); `POST /_fake/reset` clears
+  scripts and the log.
+
+Run it alone with `python -m tests.fakes.openai_fake --port 9100` (the benchmark does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+SAMPLE_RATE = 24_000
+
+
+def default_reply(messages: list[dict[str, Any]]) -> str:
+    """The reply when no script says otherwise: it names what the user said last, so tests can check context."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(part.get("text", "") for part in content if part.get("type") == "text")
+            return f"You said: {content}. That is all I have to say."
+    return "Hello there. How can I help you today?"
+
+
+def tone(duration_s: float, frequency: float = 220.0) -> bytes:
+    """A quiet sine tone as PCM16 mono 24 kHz (recognisable, not silence)."""
+    samples = np.arange(int(duration_s * SAMPLE_RATE))
+    wave = 0.2 * np.sin(2 * math.pi * frequency * samples / SAMPLE_RATE)
+    return (wave * 32767).astype(np.int16).tobytes()
+
+
+class FakeOpenAI:
+    """The fake server; `start_in_thread()` runs it on its own event loop for synchronous test code."""
+
+    def __init__(self) -> None:
+        self.chat_script: deque[dict[str, Any]] = deque()
+        self.speech_script: deque[dict[str, Any]] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.port: int = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- app ---------------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/_fake/script", self._script)
+        app.router.add_get("/_fake/requests", self._requests)
+        app.router.add_post("/_fake/reset", self._reset)
+        return app
+
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        body = await request.json()
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        return body
+
+    async def _script(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.chat_script.extend(body.get("chat", []))
+        self.speech_script.extend(body.get("speech", []))
+        return web.json_response({"ok": True})
+
+    async def _requests(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
+
+    async def _reset(self, _request: web.Request) -> web.Response:
+        self.chat_script.clear()
+        self.speech_script.clear()
+        self.requests.clear()
+        return web.json_response({"ok": True})
+
+    # ---- chat completions ----------------------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        step = self.chat_script.popleft() if self.chat_script else {}
+        if step.get("delay_s"):
+            await asyncio.sleep(step["delay_s"])
+        if step.get("status"):
+            status = step["status"]
+            error = {"message": step.get("message", f"fake error {status}"), "type": "fake_error", "code": None}
+            return web.json_response({"error": error}, status=status)
+        model = body.get("model", "fake-model")
+        text = step.get("text", default_reply(body.get("messages", [])))
+        chunks = self._chat_chunks(model, text, step, body)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        delay = step.get("chunk_delay_s", 0.0)
+        for index, chunk in enumerate(chunks):
+            if step.get("stall_after_chunks") == index:
+                await asyncio.sleep(3600)
+            if step.get("drop_after_chunks") == index:
+                request.transport.close()  # type: ignore[union-attr]
+                return response
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if delay:
+                await asyncio.sleep(delay)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    def _chat_chunks(self, model: str, text: str, step: dict[str, Any], body: dict[str, Any]) -> list[dict]:
+        created = int(time.time())
+        ident = f"chatcmpl-{len(self.requests)}"
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [choice],
+            }
+
+        chunks = [chunk({"role": "assistant", "content": ""})]
+        size = step.get("chunk_chars", 6)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        words = text.split(" ")
+        finish = step.get("finish_reason", "stop")
+        if max_tokens is not None and len(words) > max_tokens:
+            text = " ".join(words[:max_tokens])
+            finish = "length"
+        for start in range(0, len(text), size):
+            chunks.append(chunk({"content": text[start : start + size]}))
+        for index, call in enumerate(step.get("tool_calls", [])):
+            call_id = call.get("id", f"call_fake{index}")
+            first = {
+                "index": index,
+                "id": call_id,
+                "type": "function",
+                "function": {"name": call["name"], "arguments": ""},
+            }
+            chunks.append(chunk({"tool_calls": [first]}))
+            arguments = call["arguments"]
+            for start in range(0, len(arguments), 4):
+                piece = {"index": index, "function": {"arguments": arguments[start : start + 4]}}
+                chunks.append(chunk({"tool_calls": [piece]}))
+            finish = step.get("finish_reason", "tool_calls")
+        chunks.append(chunk({}, finish))
+        prompt_tokens = step.get(
+            "prompt_tokens", sum(len(str(m.get("content", ""))) // 4 + 1 for m in body.get("messages", []))
+        )
+        completion_tokens = max(1, len(text) // 4)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": step.get("cached_tokens", 0)},
+        }
+        chunks.append(
+            {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+        )
+        return chunks
+
+    # ---- speech --------------------------------------------------------------------------------------------
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        step = self.speech_script.popleft() if self.speech_script else {}
+        if step.get("delay_s"):
+            await asyncio.sleep(step["delay_s"])
+        if step.get("status"):
+            status = step["status"]
+            error = {"message": step.get("message", f"fake speech error {status}"), "type": "fake_error"}
+            return web.json_response({"error": error}, status=status)
+        if body.get("response_format") != "pcm":
+            return web.json_response({"error": {"message": "only pcm is faked"}}, status=400)
+        duration = max(0.1, len(body.get("input", "")) * step.get("ms_per_char", 40.0) / 1000)
+        audio = tone(duration)
+        response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
+        await response.prepare(request)
+        piece = 4800  # 100 ms
+        for start in range(0, len(audio), piece):
+            if step.get("drop_after_bytes") is not None and start >= step["drop_after_bytes"]:
+                request.transport.close()  # type: ignore[union-attr]
+                return response
+            if step.get("stall_s") and start > 0:
+                await asyncio.sleep(step["stall_s"])
+            await response.write(audio[start : start + piece])
+        await response.write_eof()
+        return response
+
+    # ---- running ------------------------------------------------------------------------------------------
+
+    async def start(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def start_in_thread(self) -> FakeOpenAI:
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.start())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="fake-openai", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop_thread(self) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    fake = FakeOpenAI()
+
+    async def serve() -> None:
+        await fake.start(args.port)
+        print(f"fake OpenAI listening on {fake.base_url}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

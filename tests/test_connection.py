@@ -1,0 +1,200 @@
+"""Handshake (subprotocols, dialects), startup, `/health`, and what a disconnect leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+import websockets
+
+from config import Settings
+from main import create_app, parse_handshake
+from tests.conftest import ROOT, RunningServer, free_port, script
+from tests.fakes.openai_fake import FakeOpenAI
+from tests.realtime_client import connect, validate_server_event
+
+
+def ws_url(server: RunningServer) -> str:
+    return server.base_url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
+
+
+async def test_browser_handshake_selects_realtime_and_beta(server: RunningServer) -> None:
+    protocols = ["realtime", "openai-insecure-api-key.sk-browser-key", "openai-beta.realtime-v1"]
+    async with websockets.connect(ws_url(server), subprotocols=protocols) as ws:
+        assert ws.subprotocol == "realtime"  # selected, and the key is never echoed
+        created = json.loads(await ws.recv())
+        validate_server_event(created, "beta")
+        assert created["type"] == "session.created"
+        assert created["session"]["modalities"] == ["text", "audio"]  # the beta session shape
+        assert created["session"]["input_audio_format"] == "pcm16"
+        await ws.send(json.dumps({"type": "response.create", "response": {"modalities": ["text"]}}))
+        seen = []
+        while "response.done" not in seen:
+            event = json.loads(await ws.recv())
+            validate_server_event(event, "beta")
+            seen.append(event["type"])
+        assert "response.text.delta" in seen and "response.output_text.delta" not in seen
+
+
+async def test_browser_handshake_ga(server: RunningServer) -> None:
+    async with websockets.connect(ws_url(server), subprotocols=["realtime", "openai-insecure-api-key.k"]) as ws:
+        assert ws.subprotocol == "realtime"
+        created = json.loads(await ws.recv())
+        validate_server_event(created, "ga")
+        assert created["session"]["type"] == "realtime"
+        assert created["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+
+
+async def test_beta_header_selects_beta(server: RunningServer) -> None:
+    headers = {"OpenAI-Beta": "realtime=v1", "Authorization": "Bearer sk-x"}
+    async with websockets.connect(ws_url(server), additional_headers=headers) as ws:
+        assert ws.subprotocol is None
+        created = json.loads(await ws.recv())
+        assert "modalities" in created["session"] and "output_modalities" not in created["session"]
+
+
+def test_parse_handshake_reads_key_from_header_or_subprotocol() -> None:
+    handshake = parse_handshake({"authorization": "Bearer sk-header"}, ["realtime"])
+    assert (handshake.api_key, handshake.dialect, handshake.subprotocol) == ("sk-header", "ga", "realtime")
+    handshake = parse_handshake({}, ["openai-insecure-api-key.ek_123", "openai-beta.realtime-v1"])
+    assert (handshake.api_key, handshake.dialect, handshake.subprotocol) == ("ek_123", "beta", None)
+
+
+def test_health_and_startup_banner(server: RunningServer) -> None:
+    assert server.health() == {"status": "healthy", "active_sessions": 0}
+    assert f"Realtime WebSocket endpoint: ws://127.0.0.1:{server.port}/v1/realtime" in server.log()
+
+
+def test_uvicorn_cli_serves_the_app(fake: FakeOpenAI) -> None:
+    port = free_port()
+    env = {"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "sk-x", "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "healthy"
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("uvicorn main:app did not serve /health")
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_missing_key_stops_startup(tmp_path) -> None:
+    env = {
+        "LLM_PROVIDER": "openai",
+        "OPENAI_BASE_URL": "https://api.openai.com/v1",
+        "PATH": "/usr/bin:/bin",
+        "SERVER_PORT": str(free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "OPENAI_API_KEY" in result.stdout + result.stderr
+
+
+# ---- an in-process server, to count its asyncio tasks ---------------------------------------------------------
+
+
+class InProcessServer:
+    def __init__(self, settings: Settings) -> None:
+        self.port = settings.server_port
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.server.serve(),), daemon=True)
+
+    def __enter__(self) -> InProcessServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def task_count(self) -> int:
+        async def count() -> int:
+            return len(asyncio.all_tasks())
+
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(5)
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.base_url}/health").json()
+
+
+@pytest.fixture
+def in_process(fake: FakeOpenAI) -> Iterator[InProcessServer]:
+    settings = Settings(
+        _env_file=None,
+        server_port=free_port(),
+        openai_base_url=fake.base_url,
+        openai_api_key="sk-x",
+        llm_timeout_s=5,
+        tts_timeout_s=5,
+    )
+    with InProcessServer(settings) as server:
+        yield server
+
+
+async def wait_for(condition, timeout: float) -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("stage", ["llm_streaming", "tts_streaming"])
+async def test_disconnect_mid_response_frees_everything(
+    in_process: InProcessServer, fake: FakeOpenAI, stage: str
+) -> None:
+    async with connect(in_process.base_url) as client:  # warm-up: first-use imports and pools
+        await client.until("conversation.created")
+    await wait_for(lambda: in_process.health()["active_sessions"] == 0, 2)
+    baseline = in_process.task_count()
+
+    if stage == "llm_streaming":
+        script(fake, chat=[{"text": "word " * 400, "chunk_delay_s": 0.02}])
+        modality, wait_for_type = "text", "response.output_text.delta"
+    else:
+        script(fake, speech=[{"stall_s": 0.3}] * 5)
+        modality, wait_for_type = "audio", "response.output_audio.delta"
+    async with connect(in_process.base_url) as client:
+        await client.until("conversation.created")
+        await client.send({"type": "response.create", "response": {"output_modalities": [modality]}})
+        await client.until(wait_for_type)
+        assert in_process.health()["active_sessions"] == 1
+        assert in_process.task_count() > baseline
+    # The socket is closed: within a second the session, its pipeline and all its tasks are gone.
+    elapsed = await wait_for(
+        lambda: in_process.health()["active_sessions"] == 0 and in_process.task_count() <= baseline, 1.0
+    )
+    assert elapsed < 1.0

@@ -1,0 +1,267 @@
+"""The Realtime transport: WebSocket messages in → session → frames, and frames → session → WebSocket messages out.
+
+`RealtimeConnection` owns one socket, its `RealtimeSession` and its `PipelineManager`. The two processors at the
+ends of the pipeline report to it: `RealtimeInputProcessor` (first) catches errors that services push upstream,
+`RealtimeOutputProcessor` (last) turns what the LLM and TTS produced into session calls. Audio deltas leave as soon
+as the TTS produces them: nothing here paces output to real time, as the real API does not either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from typing import Protocol
+
+from loguru import logger
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    TTSAudioRawFrame,
+    TTSTextFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from audio_utils import PIPELINE_OUTPUT_RATE, StreamResampler
+from pipeline_frames import (
+    ResponseEndFrame,
+    ResponseMessageStartFrame,
+    ResponseStartFrame,
+    ResponseTextFrame,
+    ResponseToolCallFrame,
+)
+from pipeline_manager import PipelineManager
+from protocol import JsonDict, ProtocolError
+from realtime_session import CancelResponse, RealtimeSession
+from service_providers import Providers, failure_from_error_text, provider_failure
+
+_NO_SPACE_NEEDED = re.compile(r"[\s\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
+
+
+class SessionPort(Protocol):
+    """What the pipeline's edge processors need from the connection."""
+
+    session: RealtimeSession
+
+    async def pump(self) -> None: ...
+
+    async def on_response_end(self, response_id: str) -> None: ...
+
+    async def on_interruption_done(self) -> None: ...
+
+    async def on_pipeline_error(self, frame: ErrorFrame) -> None: ...
+
+
+class RealtimeInputProcessor(FrameProcessor):
+    """First processor of the pipeline: errors pushed upstream by the services end here."""
+
+    def __init__(self, port: SessionPort) -> None:
+        super().__init__(name="realtime-input")
+        self._port = port
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, ErrorFrame) and direction == FrameDirection.UPSTREAM:
+            await self._port.on_pipeline_error(frame)
+            return
+        await self.push_frame(frame, direction)
+
+
+class RealtimeOutputProcessor(FrameProcessor):
+    """Last processor of the pipeline: reports each response's text, audio and tool calls to the session."""
+
+    def __init__(self, port: SessionPort) -> None:
+        super().__init__(name="realtime-output")
+        self._port = port
+        self._response_id: str | None = None
+        self._resampler: StreamResampler | None = None
+        self._last_spoken_char = ""
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        session = self._port.session
+        response_id = self._response_id
+        if isinstance(frame, ResponseStartFrame):
+            self._response_id = frame.response_id
+            self._resampler = None
+            self._last_spoken_char = ""
+        elif isinstance(frame, TTSAudioRawFrame):
+            if response_id is not None:
+                session.on_audio(response_id, self._to_output_rate(frame))
+                await self._port.pump()
+        elif isinstance(frame, AggregatedTextFrame) and not isinstance(frame, TTSTextFrame):
+            if response_id is not None and frame.will_be_spoken and not frame.skip_tts:
+                session.on_transcript(response_id, self._spaced(frame.text))
+                await self._port.pump()
+        elif isinstance(frame, ResponseTextFrame):
+            session.on_text(frame.response_id, frame.text)
+            await self._port.pump()
+        elif isinstance(frame, ResponseMessageStartFrame):
+            session.on_message_started(frame.response_id)
+            await self._port.pump()
+        elif isinstance(frame, ResponseToolCallFrame):
+            session.on_tool_call(frame.response_id, frame.index, frame.call_id, frame.name, frame.arguments)
+            await self._port.pump()
+        elif isinstance(frame, ResponseEndFrame):
+            if frame.failure is not None:
+                session.on_response_failed(frame.response_id, frame.failure)
+            else:
+                session.on_response_done(frame.response_id, frame.usage, frame.finish_reason)
+            self._response_id = None
+            await self._port.pump()
+            await self._port.on_response_end(frame.response_id)
+        elif isinstance(frame, InterruptionFrame):
+            self._response_id = None
+            await self.push_frame(frame, direction)
+            await self._port.on_interruption_done()
+        elif not isinstance(frame, TTSTextFrame):
+            await self.push_frame(frame, direction)
+
+    def _to_output_rate(self, frame: TTSAudioRawFrame) -> bytes:
+        if frame.sample_rate == PIPELINE_OUTPUT_RATE:
+            return frame.audio
+        if self._resampler is None or self._resampler.in_rate != frame.sample_rate:
+            self._resampler = StreamResampler(frame.sample_rate, PIPELINE_OUTPUT_RATE)
+        return self._resampler.process(frame.audio)
+
+    def _spaced(self, text: str) -> str:
+        """Sentences come from the TTS without the space between them; put it back (not for CJK text)."""
+        if not text:
+            return text
+        needs_space = (
+            self._last_spoken_char
+            and not _NO_SPACE_NEEDED.match(self._last_spoken_char)
+            and not _NO_SPACE_NEEDED.match(text[0])
+        )
+        self._last_spoken_char = text[-1]
+        return f" {text}" if needs_space else text
+
+
+class ClientNotReading(Exception):
+    """The client stopped reading: its outgoing queue is full."""
+
+
+class RealtimeConnection:
+    """One WebSocket connection: reads client events, writes server events, runs the session's pipeline."""
+
+    def __init__(
+        self, websocket: WebSocket, session: RealtimeSession, providers: Providers, max_outgoing: int = 10_000
+    ) -> None:
+        self.websocket = websocket
+        self.session = session
+        self._providers = providers
+        self._outgoing: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max_outgoing)
+        self._closing = False
+        self.close_reason = "client closed"
+        self.pipeline = PipelineManager(providers, RealtimeInputProcessor(self), RealtimeOutputProcessor(self))
+
+    async def run(self) -> None:
+        """Serves the connection until the client leaves or the connection fails; the pipeline never outlives it."""
+        started = time.monotonic()
+        writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.session.id}")
+        try:
+            await self.pipeline.start()
+            self.session.open()
+            await self.pump()
+            await self._read_loop()
+        except ClientNotReading:
+            self.close_reason = "client stopped reading (outgoing queue full)"
+        except Exception:
+            logger.exception(f"Session {self.session.id} failed")
+            self.close_reason = "server error"
+        finally:
+            self._closing = True
+            await self.pipeline.stop()
+            await self._stop_writer(writer)
+            await self._close_socket()
+            logger.info(
+                f"Session {self.session.id} closed after {time.monotonic() - started:.1f}s: {self.close_reason}"
+            )
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                message = await self.websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            data = text if text is not None else (message.get("bytes") or b"")
+            try:
+                self.session.receive(data)
+            except Exception:
+                logger.exception(f"Session {self.session.id}: unexpected error handling a client event")
+                self.session.report_error(
+                    ProtocolError("The server failed to handle the event.", code="server_error", type="server_error")
+                )
+            await self.pump()
+
+    async def pump(self) -> None:
+        """Sends the session's pending events and hands its pending commands to the pipeline."""
+        for event in self.session.take_events():
+            self._send(event)
+        for command in self.session.take_commands():
+            await self.pipeline.execute(command)
+
+    def _send(self, event: JsonDict) -> None:
+        if self._closing:
+            return
+        try:
+            self._outgoing.put_nowait(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+        except asyncio.QueueFull:
+            self._closing = True
+            raise ClientNotReading() from None
+
+    async def _write_loop(self) -> None:
+        while True:
+            text = await self._outgoing.get()
+            if text is None:
+                return
+            try:
+                await self.websocket.send_text(text)
+            except Exception:
+                self._closing = True
+                return
+
+    async def _stop_writer(self, writer: asyncio.Task[None]) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outgoing.put_nowait(None)
+        try:
+            await asyncio.wait_for(writer, timeout=1.0)
+        except (TimeoutError, asyncio.CancelledError):
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _close_socket(self) -> None:
+        if self.websocket.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.websocket.close(code=1000)
+
+    # ---- SessionPort -------------------------------------------------------------------------------------------
+
+    async def on_response_end(self, response_id: str) -> None:
+        await self.pipeline.on_response_end(response_id)
+
+    async def on_interruption_done(self) -> None:
+        await self.pipeline.on_interruption_done()
+
+    async def on_pipeline_error(self, frame: ErrorFrame) -> None:
+        """A service reported an error (the TTS, usually): the response in progress fails, the session goes on."""
+        response_id = self.pipeline.current_response_id
+        secrets = self._providers.secrets
+        if frame.exception is not None:
+            failure = provider_failure("TTS", self._providers.tts.name, frame.exception, secrets)
+        else:
+            failure = failure_from_error_text("TTS", self._providers.tts.name, frame.error, secrets)
+        logger.warning(f"Session {self.session.id}: pipeline error: {failure.message}")
+        if response_id is None:
+            return
+        self.session.on_response_failed(response_id, failure)
+        await self.pump()
+        await self.pipeline.execute(CancelResponse(response_id))
