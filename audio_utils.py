@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import warnings
+import wave
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
@@ -112,7 +114,7 @@ class OutputEncoder:
 
     def encode(self, pcm: bytes, last: bool = False) -> bytes:
         pcm = self._resampler.process(pcm, last=last)
-        return _pcm_to_format(pcm, self.format)
+        return pcm_to_format(pcm, self.format)
 
     def flush(self) -> bytes:
         return self.encode(b"", last=True)
@@ -140,7 +142,8 @@ def format_to_pcm(encoded: bytes, audio_format: AudioFormat) -> bytes:
     return encoded
 
 
-def _pcm_to_format(pcm: bytes, audio_format: AudioFormat) -> bytes:
+def pcm_to_format(pcm: bytes, audio_format: AudioFormat) -> bytes:
+    """PCM16 already at the format's rate → encoded wire audio."""
     if audio_format is AudioFormat.G711_ULAW:
         return audioop.lin2ulaw(pcm, _SAMPLE_WIDTH)
     if audio_format is AudioFormat.G711_ALAW:
@@ -150,3 +153,14 @@ def _pcm_to_format(pcm: bytes, audio_format: AudioFormat) -> bytes:
 
 def pcm16_duration_ms(pcm: bytes, sample_rate: int) -> float:
     return len(pcm) / _SAMPLE_WIDTH / sample_rate * 1000
+
+
+def pcm16_to_wav(pcm: bytes, sample_rate: int) -> bytes:
+    """PCM16 mono as a WAV file (what transcription APIs take)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(_SAMPLE_WIDTH)
+        wav.setframerate(sample_rate)
+        wav.writeframes(pcm)
+    return buffer.getvalue()

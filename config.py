@@ -66,8 +66,18 @@ class Settings(BaseSettings):
     openai_tts_model: str = "gpt-4o-mini-tts"
     tts_timeout_s: float = Field(30.0, gt=0)
 
-    # Speech-to-text (used by the audio-input pipeline)
+    # Speech-to-text
     whisper_model: str = "tiny.en"
+    whisper_language: str | None = None
+    stt_timeout_s: float = Field(30.0, gt=0)
+    # OpenAI (or any OpenAI-compatible) transcription API for STT_PROVIDER=openai_whisper
+    openai_stt_api_key: SecretStr | None = Field(
+        None, description="Key for the transcription endpoint; falls back to OPENAI_API_KEY."
+    )
+    openai_stt_base_url: str | None = Field(
+        None, description="Base URL for the transcription endpoint; falls back to OPENAI_BASE_URL."
+    )
+    openai_stt_model: str = "whisper-1"
 
     # Deepgram
     deepgram_api_key: SecretStr | None = None

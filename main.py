@@ -116,6 +116,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def check_configuration(settings: Settings) -> None:
+    """Raises `ConfigurationError` for a configuration that cannot work, before anything is loaded."""
+    Providers.check(settings)
+
+
 def session_model(session: RealtimeSession) -> str:
     return str(session.config.get("model", "-"))
 
@@ -125,6 +130,12 @@ app = create_app()
 
 def main() -> None:
     settings = get_settings()
+    configure_logging(settings)
+    try:
+        check_configuration(settings)
+    except ConfigurationError as exc:
+        logger.error(f"Configuration error: {exc}")
+        sys.exit(2)
     uvicorn.run(
         app,
         host=settings.server_host,

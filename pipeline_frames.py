@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipecat.frames.frames import DataFrame
+from pipecat.frames.frames import DataFrame, SystemFrame
 
 from protocol import ProviderFailure, Usage
-from realtime_session import RunResponse
+from realtime_session import RunResponse, Transcribe
 
 
 @dataclass
@@ -63,3 +63,10 @@ class ResponseEndFrame(DataFrame):
     usage: Usage | None = None
     finish_reason: str | None = None
     failure: ProviderFailure | None = None
+
+
+@dataclass
+class TranscribeFrame(SystemFrame):
+    """Transcribe a committed user turn. A system frame: a response being cancelled must not drop it."""
+
+    request: Transcribe

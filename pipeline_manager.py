@@ -1,6 +1,8 @@
 """Builds and runs one session's Pipecat pipeline, and schedules the session's responses through it.
 
-    transport input → LLM → TTS → transport output
+    transport input → turn detection (Silero / Smart Turn) → STT → LLM → TTS → transport output
+
+Input audio ends at turn detection; committed turns are transcribed by the STT stage in tasks of their own.
 
 The pipeline generates one response at a time: responses created while another is running (an out-of-band
 response next to the in-band one) wait in order. Cancelling the running response sends an `InterruptionFrame`,
@@ -12,18 +14,39 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Protocol
 
 from loguru import logger
-from pipecat.frames.frames import InterruptionFrame, TTSUpdateSettingsFrame
+from pipecat.frames.frames import InputAudioRawFrame, InterruptionFrame, TTSUpdateSettingsFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from audio_utils import PIPELINE_INPUT_RATE, PIPELINE_OUTPUT_RATE
-from pipeline_frames import ResponseRequestFrame
-from realtime_session import CancelResponse, Command, RunResponse
-from service_providers import Providers
+from pipeline_frames import ResponseRequestFrame, TranscribeFrame
+from realtime_session import (
+    CancelResponse,
+    Command,
+    ConfigureTurnDetection,
+    FeedAudio,
+    ResetTurnDetection,
+    RunResponse,
+    Transcribe,
+)
+from service_providers import Providers, TranscriptionPort
+from turn_detection import (
+    ConfigureTurnDetectionFrame,
+    ResetTurnDetectionFrame,
+    TurnDetectionProcessor,
+    TurnPort,
+    TurnSettings,
+)
+
+
+class PipelinePort(TurnPort, TranscriptionPort, Protocol):
+    """What the pipeline's stages report to the connection."""
+
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -32,10 +55,25 @@ STOP_TIMEOUT_S = 5.0
 class PipelineManager:
     """One session's pipeline and its response queue."""
 
-    def __init__(self, providers: Providers, input_processor: FrameProcessor, output_processor: FrameProcessor):
+    def __init__(
+        self,
+        providers: Providers,
+        port: PipelinePort,
+        input_processor: FrameProcessor,
+        output_processor: FrameProcessor,
+    ) -> None:
         self._providers = providers
         self._tts = providers.create_tts()
-        self._pipeline = Pipeline([input_processor, providers.create_llm(), self._tts, output_processor])
+        self._pipeline = Pipeline(
+            [
+                input_processor,
+                TurnDetectionProcessor(providers.turn_models, port, settings=None),
+                providers.create_stt(port),
+                providers.create_llm(),
+                self._tts,
+                output_processor,
+            ]
+        )
         self._worker = PipelineWorker(
             self._pipeline,
             params=PipelineParams(audio_in_sample_rate=PIPELINE_INPUT_RATE, audio_out_sample_rate=PIPELINE_OUTPUT_RATE),
@@ -87,11 +125,22 @@ class PipelineManager:
                 await asyncio.gather(task, return_exceptions=True)
 
     async def execute(self, command: Command) -> None:
-        if isinstance(command, RunResponse):
-            self._pending.append(command)
-            await self._advance()
-        elif isinstance(command, CancelResponse):
-            await self.cancel(command.response_id)
+        match command:
+            case FeedAudio():
+                await self._worker.queue_frame(InputAudioRawFrame(command.pcm, PIPELINE_INPUT_RATE, 1))
+            case RunResponse():
+                self._pending.append(command)
+                await self._advance()
+            case CancelResponse():
+                await self.cancel(command.response_id)
+            case Transcribe():
+                await self._worker.queue_frame(TranscribeFrame(command))
+            case ConfigureTurnDetection():
+                await self._worker.queue_frame(
+                    ConfigureTurnDetectionFrame(TurnSettings.from_config(command.turn_detection))
+                )
+            case ResetTurnDetection():
+                await self._worker.queue_frame(ResetTurnDetectionFrame())
 
     async def cancel(self, response_id: str) -> None:
         if response_id == self._current:

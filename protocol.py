@@ -1327,6 +1327,8 @@ def to_beta_transcription_session(session: JsonDict) -> JsonDict:
         "input_audio_noise_reduction": audio_in["noise_reduction"],
         "turn_detection": _to_beta_turn_detection(audio_in["turn_detection"]),
         "include": session.get("include"),
+        # The SDK's beta model requires it; a socket session has no secret to hand out, so its value is empty.
+        "client_secret": {"value": "", "expires_at": session["expires_at"]},
     }
 
 

@@ -27,6 +27,7 @@ from conversation import (
     tool_choice_for_chat,
     tools_for_chat,
 )
+from input_audio import InputAudioBuffer, to_pipeline_pcm
 from protocol import (
     MIN_COMMIT_MS,
     AudioAppend,
@@ -122,7 +123,36 @@ class CancelResponse:
     response_id: str
 
 
-Command: TypeAlias = RunResponse | CancelResponse
+@dataclass
+class FeedAudio:
+    """Input audio for turn detection, as PCM16 mono 16 kHz."""
+
+    pcm: bytes
+
+
+@dataclass
+class ConfigureTurnDetection:
+    """The session's `turn_detection` changed (None: no detection, the client commits)."""
+
+    turn_detection: JsonDict | None
+
+
+@dataclass
+class ResetTurnDetection:
+    """The input buffer was cleared: any turn in progress is dropped."""
+
+
+@dataclass
+class Transcribe:
+    """Transcribe a committed user turn (PCM16 mono 16 kHz)."""
+
+    item_id: str
+    pcm: bytes
+    language: str | None
+    prompt: str | None
+
+
+Command: TypeAlias = RunResponse | CancelResponse | FeedAudio | ConfigureTurnDetection | ResetTurnDetection | Transcribe
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -161,6 +191,9 @@ class _Response:
     message: _OpenMessage | None = None
     calls: dict[int, _OpenCall] = field(default_factory=dict)
     usage: Usage | None = None
+    run: RunResponse | None = None  # held back until the user turns it answers are transcribed
+    input_items: list[JsonDict] | None = None  # explicit `input`, else the conversation at the time it runs
+    instructions: str = ""
 
 
 def _snapshot(item: JsonDict) -> JsonDict:
@@ -192,10 +225,14 @@ class RealtimeSession:
         self._commands: list[Command] = []
         self._responses: dict[str, _Response] = {}
         self._in_band_id: str | None = None
-        self._input_buffer = bytearray()
         self._input_item_id = new_id("item")
         if initial_config:
             self._apply_session_update(SessionUpdate(None, kind, initial_config))
+        self._input = InputAudioBuffer(self.input_format)
+        self._speech_start_ms: float | None = None  # audio_start_ms of the turn in progress
+        self._transcribing: set[str] = set()
+        self._respond_when_idle = False  # a VAD turn ended while a response was still running
+        self._idle_deadline_ms: float | None = None  # when `idle_timeout_ms` fires, on the audio clock
 
     # ---- outputs ---------------------------------------------------------------------------------------------
 
@@ -302,6 +339,7 @@ class RealtimeSession:
         if self.kind == "realtime":
             conversation = {"id": self.conversation_id, "object": "realtime.conversation"}
             self._emit(ServerEvent.CONVERSATION_CREATED, conversation=conversation)
+        self._commands.append(ConfigureTurnDetection(copy.deepcopy(self.turn_detection)))
 
     def receive(self, message: str | bytes) -> None:
         """Handles one client WebSocket message. Bad input becomes an `error` event; the session goes on."""
@@ -323,7 +361,11 @@ class RealtimeSession:
             case AudioCommit():
                 self._audio_commit(command)
             case AudioClear():
-                self._input_buffer.clear()
+                self._input.clear()
+                if self._speech_start_ms is not None:
+                    self._speech_start_ms = None
+                    self._input_item_id = new_id("item")
+                self._commands.append(ResetTurnDetection())
                 self._emit(ServerEvent.INPUT_AUDIO_BUFFER_CLEARED)
             case OutputAudioClear():
                 raise ProtocolError(
@@ -375,9 +417,19 @@ class RealtimeSession:
         names = [tool["name"] for tool in patch.get("tools") or []]
         if len(names) != len(set(names)):
             raise ProtocolError("Tool names must be unique.", param="session.tools", event_id=event_id)
+        before = self.config
         self.config = merge_session(self.config, patch, self._turn_detection_defaults())
         if command.temperature is not None:
             self.temperature = command.temperature
+        if not hasattr(self, "_input"):
+            return  # the initial configuration: the buffer and the detector start from it
+        if self.turn_detection != before["audio"]["input"]["turn_detection"]:
+            self._commands.append(ConfigureTurnDetection(copy.deepcopy(self.turn_detection)))
+            if self.turn_detection is None and self._speech_start_ms is not None:
+                self._speech_start_ms = None
+        if self.input_format is not self._input.format:
+            self._input.set_format(self.input_format)
+            self._commands.append(ResetTurnDetection())
 
     # ---- input audio buffer ----------------------------------------------------------------------------------
 
@@ -388,17 +440,40 @@ class RealtimeSession:
                 raise InvalidAudio("PCM16 audio must have an even number of bytes.")
         except InvalidAudio as exc:
             raise ProtocolError(str(exc), param="audio", event_id=command.event_id) from None
-        fmt = self.input_format
-        if fmt.duration_ms(len(self._input_buffer) + len(audio)) > MAX_INPUT_BUFFER_MS:
+        if self._input.buffered_ms + self.input_format.duration_ms(len(audio)) > MAX_INPUT_BUFFER_MS:
             raise ProtocolError(
                 f"The input audio buffer is full ({MAX_INPUT_BUFFER_MS // 60000} minutes): commit or clear it.",
                 code="input_audio_buffer_full",
                 event_id=command.event_id,
             )
-        self._input_buffer.extend(audio)
+        self._commands.append(FeedAudio(self._input.append(audio)))
+        if self.turn_detection is not None and self._speech_start_ms is None:
+            self._check_idle_timeout()
+
+    def _check_idle_timeout(self) -> None:
+        """`idle_timeout_ms` after the last reply finished playing with no speech since: the server commits
+        the silence and asks the model to prompt the user (GA `input_audio_buffer.timeout_triggered`)."""
+        deadline = self._idle_deadline_ms
+        if deadline is None or self._input.clock_ms < deadline or self._in_band_id is not None:
+            return
+        timeout_ms = (self.turn_detection or {}).get("idle_timeout_ms")
+        self._idle_deadline_ms = None
+        if not timeout_ms:
+            return
+        start_ms = deadline - timeout_ms  # when the last reply finished playing
+        end_ms = self._input.clock_ms
+        self._emit(
+            ServerEvent.INPUT_AUDIO_BUFFER_TIMEOUT_TRIGGERED,
+            audio_start_ms=int(start_ms),
+            audio_end_ms=int(end_ms),
+            item_id=self._input_item_id,
+        )
+        self._commit(self._input.take(start_ms, end_ms))
+        if self.kind == "realtime":
+            self.create_response()
 
     def _audio_commit(self, command: AudioCommit) -> None:
-        buffered_ms = self.input_format.duration_ms(len(self._input_buffer))
+        buffered_ms = self._input.buffered_ms
         if buffered_ms < MIN_COMMIT_MS:
             raise ProtocolError(
                 "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, but "
@@ -406,11 +481,13 @@ class RealtimeSession:
                 code="input_audio_buffer_commit_empty",
                 event_id=command.event_id,
             )
-        self.commit_input_audio(bytes(self._input_buffer), transcript=None)
-        self._input_buffer.clear()
+        if self._speech_start_ms is not None:
+            self._speech_start_ms = None
+            self._commands.append(ResetTurnDetection())
+        self._commit(self._input.take())
 
-    def commit_input_audio(self, audio: bytes, transcript: str | None) -> str:
-        """Turns buffered audio into a user item (client commit, or VAD end of speech). Returns the item id."""
+    def _commit(self, audio: bytes) -> str:
+        """Turns audio into a user item (client commit, or the end of a VAD turn) and has it transcribed."""
         item_id = self._input_item_id
         self._input_item_id = new_id("item")
         previous = self.conversation.last_id()
@@ -421,11 +498,94 @@ class RealtimeSession:
             "object": "realtime.item",
             "status": "completed",
             "role": "user",
-            "content": [{"type": "input_audio", "transcript": transcript}],
+            "content": [{"type": "input_audio", "transcript": None}],
         }
-        stored = StoredItem(item=item, audio=bytearray(audio), audio_format=self.input_format)
-        self._add_item(stored, None)
+        self._add_item(StoredItem(item=item, audio=bytearray(audio), audio_format=self.input_format), None)
+        transcription = self.config["audio"]["input"]["transcription"] or {}
+        self._transcribing.add(item_id)
+        self._commands.append(
+            Transcribe(
+                item_id,
+                to_pipeline_pcm(audio, self.input_format),
+                transcription.get("language") or None,
+                transcription.get("prompt") or None,
+            )
+        )
         return item_id
+
+    # ---- turn detection and transcription (reported by the pipeline) ----------------------------------------
+
+    def on_audio_analysed(self, position_ms: float) -> None:
+        """The VAD has analysed the audio up to `position_ms`: while nobody speaks, older audio can go."""
+        detection = self.turn_detection
+        if detection is not None and self._speech_start_ms is None:
+            self._input.forget_before(detection.get("prefix_padding_ms") or 0, position_ms)
+
+    def on_speech_started(self, onset_ms: float) -> None:
+        """The VAD heard speech begin at `onset_ms` (ms of audio received)."""
+        detection = self.turn_detection
+        if detection is None or self._speech_start_ms is not None:
+            return
+        padding = detection.get("prefix_padding_ms") or 0
+        start_ms = max(self._input.start_ms, onset_ms - padding)
+        self._speech_start_ms = start_ms
+        self._idle_deadline_ms = None
+        self._emit(
+            ServerEvent.INPUT_AUDIO_BUFFER_SPEECH_STARTED, audio_start_ms=int(start_ms), item_id=self._input_item_id
+        )
+        if detection.get("interrupt_response", True) and self._in_band_id is not None:
+            self.cancel_response(self._in_band_id, "turn_detected")
+
+    def on_speech_stopped(self, end_ms: float) -> None:
+        """The VAD judged the turn over at `end_ms`: the turn is committed, and answered if so configured."""
+        detection = self.turn_detection
+        start_ms = self._speech_start_ms
+        if detection is None or start_ms is None:
+            return
+        self._speech_start_ms = None
+        end_ms = min(end_ms, self._input.clock_ms)
+        self._emit(ServerEvent.INPUT_AUDIO_BUFFER_SPEECH_STOPPED, audio_end_ms=int(end_ms), item_id=self._input_item_id)
+        self._commit(self._input.take(start_ms, end_ms))
+        if self.kind == "realtime" and detection.get("create_response", True):
+            if self._in_band_id is None:
+                self.create_response()
+            else:
+                self._respond_when_idle = True
+
+    def on_transcription_delta(self, item_id: str, delta: str) -> None:
+        if delta and self._transcription_events and item_id in self._transcribing:
+            self._emit(ServerEvent.INPUT_TRANSCRIPTION_DELTA, item_id=item_id, content_index=0, delta=delta)
+
+    def on_transcription_completed(self, item_id: str, transcript: str, duration_s: float) -> None:
+        if item_id not in self._transcribing:
+            return
+        self._transcribing.discard(item_id)
+        stored = self.conversation.get(item_id)
+        if stored is not None:
+            stored.item["content"][0]["transcript"] = transcript
+        if self._transcription_events:
+            self._emit(
+                ServerEvent.INPUT_TRANSCRIPTION_COMPLETED,
+                item_id=item_id,
+                content_index=0,
+                transcript=transcript,
+                usage={"type": "duration", "seconds": round(duration_s, 3)},
+            )
+        self._release_held_responses()
+
+    def on_transcription_failed(self, item_id: str, failure: ProviderFailure) -> None:
+        if item_id not in self._transcribing:
+            return
+        self._transcribing.discard(item_id)
+        if self._transcription_events:
+            error = {"type": "transcription_error", "code": failure.code, "message": failure.message, "param": None}
+            self._emit(ServerEvent.INPUT_TRANSCRIPTION_FAILED, item_id=item_id, content_index=0, error=error)
+        self._release_held_responses()
+
+    @property
+    def _transcription_events(self) -> bool:
+        """Transcripts go to the client only when it asked for them; the LLM gets them either way."""
+        return self.config["audio"]["input"]["transcription"] is not None
 
     # ---- conversation items ----------------------------------------------------------------------------------
 
@@ -544,7 +704,7 @@ class RealtimeSession:
                 param="response.tool_choice.name",
                 event_id=event_id,
             )
-        items = self._resolve_input(params["input"], event_id) if "input" in params else self.conversation.items()
+        input_items = self._resolve_input(params["input"], event_id) if "input" in params else None
         audio_output = params.get("audio", {}).get("output", {})
         session_output = config["audio"]["output"]
         audio_format = audio_output.get("format") or session_output["format"]
@@ -563,26 +723,40 @@ class RealtimeSession:
             max_output_tokens=max_output_tokens,
             metadata=params.get("metadata"),
             encoder=OutputEncoder(AudioFormat.from_wire(audio_format)),
+            input_items=input_items,
+            instructions=instructions,
+        )
+        response.run = RunResponse(
+            response_id=response.id,
+            messages=[],
+            tools=tools_for_chat(tools),
+            tool_choice=tool_choice_for_chat(tool_choice),
+            max_tokens=self.defaults.llm_max_tokens if max_output_tokens == "inf" else int(max_output_tokens),
+            temperature=effective_temperature,
+            modality=modality,
+            voice=voice["id"] if isinstance(voice, dict) else voice,
+            speed=float(session_output.get("speed", 1.0)),
         )
         self._responses[response.id] = response
         if in_band:
             self._in_band_id = response.id
         self._emit(ServerEvent.RESPONSE_CREATED, response=self._response_object(response))
-        self._commands.append(
-            RunResponse(
-                response_id=response.id,
-                messages=chat_messages(items, instructions),
-                tools=tools_for_chat(tools),
-                tool_choice=tool_choice_for_chat(tool_choice),
-                max_tokens=self.defaults.llm_max_tokens if max_output_tokens == "inf" else int(max_output_tokens),
-                temperature=effective_temperature,
-                modality=modality,
-                voice=voice["id"] if isinstance(voice, dict) else voice,
-                speed=float(session_output.get("speed", 1.0)),
-                has_images=any(has_image(item) for item in items if item["type"] == "message"),
-            )
-        )
+        self._release_held_responses()
         return response.id
+
+    def _release_held_responses(self) -> None:
+        """Hands the pipeline every response whose context is ready: a user turn still being transcribed holds
+        back the responses that include it (the LLM must see what the user said)."""
+        for response in self._responses.values():
+            if response.run is None:
+                continue
+            items = response.input_items if response.input_items is not None else self.conversation.items()
+            if any(item.get("id") in self._transcribing for item in items):
+                continue
+            run, response.run = response.run, None
+            run.messages = chat_messages(items, response.instructions)
+            run.has_images = any(has_image(item) for item in items if item["type"] == "message")
+            self._commands.append(run)
 
     def _resolve_input(self, entries: list[JsonDict], event_id: str | None) -> list[JsonDict]:
         items = []
@@ -635,6 +809,18 @@ class RealtimeSession:
             return
         self._commands.append(CancelResponse(response_id))
         self._finish(response, "cancelled", {"type": "cancelled", "reason": reason})
+
+    def _arm_idle_timeout(self, response: _Response) -> None:
+        """The idle timer starts when the reply has finished playing: now plus the length of its audio."""
+        timeout_ms = (self.turn_detection or {}).get("idle_timeout_ms")
+        if not timeout_ms or self.turn_detection.get("type") != "server_vad" or self._speech_start_ms is not None:
+            return
+        played_ms = 0.0
+        for item in response.output:
+            stored = self.conversation.get(item["id"])
+            if stored is not None and item["type"] == "message":
+                played_ms += stored.audio_ms
+        self._idle_deadline_ms = self._input.clock_ms + played_ms + timeout_ms
 
     def _response_object(self, response: _Response) -> JsonDict:
         return {
@@ -875,6 +1061,11 @@ class RealtimeSession:
         if self._in_band_id == response.id:
             self._in_band_id = None
         self._emit(ServerEvent.RESPONSE_DONE, response=self._response_object(response))
+        if response.in_band:
+            self._arm_idle_timeout(response)
+        if response.in_band and self._respond_when_idle:
+            self._respond_when_idle = False
+            self.create_response()
 
 
 # --------------------------------------------------------------------------------------------------------------

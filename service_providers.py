@@ -32,6 +32,7 @@ from pipecat.services.openai.tts import OpenAITTSService
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
+from audio_utils import PIPELINE_INPUT_RATE, pcm16_to_wav
 from config import Settings
 from pipeline_frames import (
     ResponseEndFrame,
@@ -40,9 +41,11 @@ from pipeline_frames import (
     ResponseStartFrame,
     ResponseTextFrame,
     ResponseToolCallFrame,
+    TranscribeFrame,
 )
 from protocol import ProviderFailure, Usage
-from realtime_session import RunResponse
+from realtime_session import RunResponse, Transcribe
+from turn_detection import TurnModels
 
 
 class ConfigurationError(RuntimeError):
@@ -294,6 +297,112 @@ class ChatLLMProcessor(FrameProcessor):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# STT
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Transcript:
+    text: str
+    duration_s: float
+
+
+class Transcriber(Protocol):
+    """Speech-to-text on a committed user turn, shared by every session."""
+
+    name: str
+    secrets: list[str]
+
+    async def transcribe(
+        self, pcm: bytes, language: str | None, prompt: str | None, on_delta: DeltaCallback | None = None
+    ) -> Transcript: ...
+
+    async def close(self) -> None: ...
+
+
+class DeltaCallback(Protocol):
+    async def __call__(self, delta: str) -> None: ...
+
+
+class OpenAITranscriber:
+    """OpenAI's `/audio/transcriptions` (whisper-1, gpt-4o-transcribe …) or any endpoint speaking it."""
+
+    def __init__(self, name: str, base_url: str, api_key: str | None, model: str, timeout_s: float) -> None:
+        self.name = name
+        self.model = model
+        self.secrets = [api_key] if api_key else []
+        http_client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)))
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "no-key", max_retries=0, http_client=http_client
+        )
+
+    async def transcribe(
+        self, pcm: bytes, language: str | None, prompt: str | None, on_delta: DeltaCallback | None = None
+    ) -> Transcript:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "file": ("audio.wav", pcm16_to_wav(pcm, PIPELINE_INPUT_RATE), "audio/wav"),
+            "response_format": "json",
+        }
+        if language:
+            params["language"] = language
+        if prompt:
+            params["prompt"] = prompt
+        result = await self._client.audio.transcriptions.create(**params)
+        return Transcript(text=result.text.strip(), duration_s=len(pcm) / 2 / PIPELINE_INPUT_RATE)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class TranscriptionPort(Protocol):
+    async def on_transcription_delta(self, item_id: str, delta: str) -> None: ...
+
+    async def on_transcription_done(
+        self, item_id: str, transcript: Transcript | None, failure: ProviderFailure | None
+    ) -> None: ...
+
+
+class TranscriptionProcessor(FrameProcessor):
+    """Transcribes committed user turns, each in a task of its own, so that the pipeline goes on meanwhile."""
+
+    def __init__(self, transcriber: Transcriber, port: TranscriptionPort) -> None:
+        super().__init__(name=f"stt-{transcriber.name}")
+        self._transcriber = transcriber
+        self._port = port
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranscribeFrame):
+            task = asyncio.create_task(self._transcribe(frame.request), name=f"stt-{frame.request.item_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _transcribe(self, request: Transcribe) -> None:
+        async def on_delta(delta: str) -> None:
+            await self._port.on_transcription_delta(request.item_id, delta)
+
+        try:
+            transcript = await self._transcriber.transcribe(request.pcm, request.language, request.prompt, on_delta)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failure = provider_failure("STT", self._transcriber.name, exc, self._transcriber.secrets)
+            await self._port.on_transcription_done(request.item_id, None, failure)
+            return
+        await self._port.on_transcription_done(request.item_id, transcript, None)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # TTS
 # --------------------------------------------------------------------------------------------------------------
 
@@ -379,20 +488,32 @@ class OpenAITtsProvider:
 class Providers:
     """The providers chosen by configuration, shared by every session of the process."""
 
+    stt: Transcriber
     llm: ChatClient
     tts: TtsProvider
+    turn_models: TurnModels
     description: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Providers:
+        stt = _create_stt(settings)
         llm = _create_llm(settings)
         tts = _create_tts(settings)
-        description = {"llm": f"{llm.name}", "tts": tts.name}
-        return cls(llm=llm, tts=tts, description=description)
+        description = {"stt": stt.name, "llm": llm.name, "tts": tts.name}
+        return cls(stt=stt, llm=llm, tts=tts, turn_models=TurnModels(), description=description)
+
+    @staticmethod
+    def check(settings: Settings) -> None:
+        """Raises `ConfigurationError` if the configured providers cannot work (a missing key, say)."""
+        for create in (_create_stt, _create_llm, _create_tts):
+            asyncio.run(_close_quietly(create(settings)))
 
     @property
     def secrets(self) -> list[str]:
-        return [*self.llm.secrets, *self.tts.secrets]
+        return [*self.stt.secrets, *self.llm.secrets, *self.tts.secrets]
+
+    def create_stt(self, port: TranscriptionPort) -> TranscriptionProcessor:
+        return TranscriptionProcessor(self.stt, port)
 
     def create_llm(self) -> ChatLLMProcessor:
         return ChatLLMProcessor(self.llm)
@@ -401,8 +522,14 @@ class Providers:
         return self.tts.create()
 
     async def close(self) -> None:
+        await self.stt.close()
         await self.llm.close()
         await self.tts.close()
+        self.turn_models.close()
+
+
+async def _close_quietly(provider: Transcriber | ChatClient | TtsProvider) -> None:
+    await provider.close()
 
 
 def _require(settings: Settings, name: str, provider: str) -> str:
@@ -414,6 +541,20 @@ def _require(settings: Settings, name: str, provider: str) -> str:
 
 def _is_openai_host(base_url: str) -> bool:
     return "api.openai.com" in base_url
+
+
+def _create_stt(settings: Settings) -> Transcriber:
+    provider = settings.stt_provider
+    if provider == "openai_whisper":
+        base_url = (settings.openai_stt_base_url or settings.openai_base_url).rstrip("/")
+        api_key = settings.secret("openai_stt_api_key") or settings.secret("openai_api_key")
+        if not api_key and _is_openai_host(base_url):
+            raise ConfigurationError(
+                "STT_PROVIDER=openai_whisper needs OPENAI_API_KEY (or OPENAI_STT_API_KEY): set it in the environment "
+                "or in .env."
+            )
+        return OpenAITranscriber("openai_whisper", base_url, api_key, settings.openai_stt_model, settings.stt_timeout_s)
+    raise ConfigurationError(f"STT_PROVIDER={provider} is not available in this build.")
 
 
 def _create_llm(settings: Settings) -> ChatClient:

@@ -36,9 +36,10 @@ from pipeline_frames import (
     ResponseToolCallFrame,
 )
 from pipeline_manager import PipelineManager
-from protocol import JsonDict, ProtocolError
+from protocol import JsonDict, ProtocolError, ProviderFailure
 from realtime_session import CancelResponse, RealtimeSession
-from service_providers import Providers, failure_from_error_text, provider_failure
+from service_providers import Providers, Transcript, failure_from_error_text, provider_failure
+from turn_detection import TurnEvent, TurnEventKind
 
 _NO_SPACE_NEEDED = re.compile(r"[\s\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
 
@@ -158,7 +159,7 @@ class RealtimeConnection:
         self._outgoing: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max_outgoing)
         self._closing = False
         self.close_reason = "client closed"
-        self.pipeline = PipelineManager(providers, RealtimeInputProcessor(self), RealtimeOutputProcessor(self))
+        self.pipeline = PipelineManager(providers, self, RealtimeInputProcessor(self), RealtimeOutputProcessor(self))
 
     async def run(self) -> None:
         """Serves the connection until the client leaves or the connection fails; the pipeline never outlives it."""
@@ -250,6 +251,29 @@ class RealtimeConnection:
 
     async def on_interruption_done(self) -> None:
         await self.pipeline.on_interruption_done()
+
+    async def on_turn_events(self, events: list[TurnEvent], analysed_ms: float) -> None:
+        for event in events:
+            if event.kind is TurnEventKind.SPEECH_STARTED:
+                self.session.on_speech_started(event.at_ms)
+            else:
+                self.session.on_speech_stopped(event.at_ms)
+        self.session.on_audio_analysed(analysed_ms)
+        await self.pump()
+
+    async def on_transcription_delta(self, item_id: str, delta: str) -> None:
+        self.session.on_transcription_delta(item_id, delta)
+        await self.pump()
+
+    async def on_transcription_done(
+        self, item_id: str, transcript: Transcript | None, failure: ProviderFailure | None
+    ) -> None:
+        if transcript is not None:
+            self.session.on_transcription_completed(item_id, transcript.text, transcript.duration_s)
+        elif failure is not None:
+            logger.warning(f"Session {self.session.id}: transcription failed: {failure.message}")
+            self.session.on_transcription_failed(item_id, failure)
+        await self.pump()
 
     async def on_pipeline_error(self, frame: ErrorFrame) -> None:
         """A service reported an error (the TTS, usually): the response in progress fails, the session goes on."""

@@ -99,6 +99,7 @@ def fake(fake_openai: FakeOpenAI) -> FakeOpenAI:
 
 def provider_env(fake: FakeOpenAI) -> dict[str, str]:
     return {
+        "STT_PROVIDER": "openai_whisper",
         "LLM_PROVIDER": "openai",
         "TTS_PROVIDER": "openai_tts",
         "OPENAI_BASE_URL": fake.base_url,
@@ -106,6 +107,7 @@ def provider_env(fake: FakeOpenAI) -> dict[str, str]:
         "OPENAI_MODEL": "fake-chat-model",
         "LLM_TIMEOUT_S": "3",
         "TTS_TIMEOUT_S": "3",
+        "STT_TIMEOUT_S": "3",
     }
 
 
@@ -131,8 +133,14 @@ def server_factory(fake_openai: FakeOpenAI) -> Iterator[Callable[..., RunningSer
         running.stop()
 
 
-def script(fake: FakeOpenAI, chat: list[dict] | None = None, speech: list[dict] | None = None) -> None:
-    httpx.post(f"http://127.0.0.1:{fake.port}/_fake/script", json={"chat": chat or [], "speech": speech or []})
+def script(
+    fake: FakeOpenAI,
+    chat: list[dict] | None = None,
+    speech: list[dict] | None = None,
+    transcription: list[dict] | None = None,
+) -> None:
+    steps = {"chat": chat or [], "speech": speech or [], "transcription": transcription or []}
+    httpx.post(f"http://127.0.0.1:{fake.port}/_fake/script", json=steps)
 
 
 def fake_requests(fake: FakeOpenAI, path: str | None = None) -> list[dict]:

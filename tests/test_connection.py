@@ -75,7 +75,14 @@ def test_health_and_startup_banner(server: RunningServer) -> None:
 
 def test_uvicorn_cli_serves_the_app(fake: FakeOpenAI) -> None:
     port = free_port()
-    env = {"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "sk-x", "PATH": "/usr/bin:/bin"}
+    env = {
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": "sk-x",
+        "PATH": "/usr/bin:/bin",
+        "STT_PROVIDER": "openai_whisper",
+        "LLM_PROVIDER": "openai",
+        "TTS_PROVIDER": "openai_tts",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port)],
         cwd=ROOT,
@@ -100,7 +107,9 @@ def test_uvicorn_cli_serves_the_app(fake: FakeOpenAI) -> None:
 
 def test_missing_key_stops_startup(tmp_path) -> None:
     env = {
+        "STT_PROVIDER": "openai_whisper",
         "LLM_PROVIDER": "openai",
+        "TTS_PROVIDER": "openai_tts",
         "OPENAI_BASE_URL": "https://api.openai.com/v1",
         "PATH": "/usr/bin:/bin",
         "SERVER_PORT": str(free_port()),
@@ -108,8 +117,9 @@ def test_missing_key_stops_startup(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "main.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
-    assert result.returncode != 0
-    assert "OPENAI_API_KEY" in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "needs OPENAI_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # ---- an in-process server, to count its asyncio tasks ---------------------------------------------------------
@@ -156,6 +166,9 @@ def in_process(fake: FakeOpenAI) -> Iterator[InProcessServer]:
         server_port=free_port(),
         openai_base_url=fake.base_url,
         openai_api_key="sk-x",
+        stt_provider="openai_whisper",
+        llm_provider="openai",
+        tts_provider="openai_tts",
         llm_timeout_s=5,
         tts_timeout_s=5,
     )

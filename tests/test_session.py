@@ -17,6 +17,7 @@ def make_session(dialect: str = "ga") -> RealtimeSession:
     session = RealtimeSession(SessionDefaults(), dialect)  # type: ignore[arg-type]
     session.open()
     session.take_events()
+    session.take_commands()
     return session
 
 

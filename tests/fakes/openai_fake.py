@@ -3,12 +3,14 @@
 It speaks the real wire shapes so that the server's real provider code (the `openai` SDK, Pipecat's OpenAI TTS)
 runs against it. Tests steer it through `/_fake/*` endpoints:
 
-* `POST /_fake/script` `{"chat": [step, …], "speech": [step, …]}` queues the behaviour of the next requests
+* `POST /_fake/script` `{"chat": [step, …], "speech": [step, …], "transcription": [step, …]}` queues the
+  behaviour of the next requests
   (each request takes the next step; without a step the default applies). A chat step is
   `{"text": str, "tool_calls": [{"name", "arguments", "id"?}], "status": int, "delay_s": float,
   "chunk_delay_s": float, "stall_after_chunks": int, "drop_after_chunks": int, "finish_reason": str,
   "prompt_tokens": int, "chunk_chars": int}`; a speech step is `{"status": int, "delay_s": float,
-  "ms_per_char": float, "stall_s": float, "drop_after_bytes": int}`.
+  "ms_per_char": float, "stall_s": float, "drop_after_bytes": int}`; a transcription step is
+  `{"text": str, "status": int, "delay_s": float}` (the default text is "hello").
 * `GET /_fake/requests` returns every request received (path, headers, JSON body); `POST /_fake/reset` clears
   scripts and the log.
 
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import math
 import threading
 import time
+import wave
 from collections import deque
 from typing import Any
 
@@ -56,6 +60,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.chat_script: deque[dict[str, Any]] = deque()
         self.speech_script: deque[dict[str, Any]] = deque()
+        self.transcription_script: deque[dict[str, Any]] = deque()
         self.requests: list[dict[str, Any]] = []
         self.port: int = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -68,6 +73,7 @@ class FakeOpenAI:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcription)
         app.router.add_post("/_fake/script", self._script)
         app.router.add_get("/_fake/requests", self._requests)
         app.router.add_post("/_fake/reset", self._reset)
@@ -82,6 +88,7 @@ class FakeOpenAI:
         body = await request.json()
         self.chat_script.extend(body.get("chat", []))
         self.speech_script.extend(body.get("speech", []))
+        self.transcription_script.extend(body.get("transcription", []))
         return web.json_response({"ok": True})
 
     async def _requests(self, _request: web.Request) -> web.Response:
@@ -90,6 +97,7 @@ class FakeOpenAI:
     async def _reset(self, _request: web.Request) -> web.Response:
         self.chat_script.clear()
         self.speech_script.clear()
+        self.transcription_script.clear()
         self.requests.clear()
         return web.json_response({"ok": True})
 
@@ -211,6 +219,25 @@ class FakeOpenAI:
             await response.write(audio[start : start + piece])
         await response.write_eof()
         return response
+
+    # ---- transcriptions -----------------------------------------------------------------------------------
+
+    async def _transcription(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form["file"]
+        audio = upload.file.read()  # type: ignore[union-attr]
+        with wave.open(io.BytesIO(audio)) as wav:
+            rate, frames = wav.getframerate(), wav.getnframes()
+        fields = {key: value for key, value in form.items() if key != "file"}
+        body = {**fields, "audio_ms": frames * 1000 / rate, "sample_rate": rate}
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        step = self.transcription_script.popleft() if self.transcription_script else {}
+        if step.get("delay_s"):
+            await asyncio.sleep(step["delay_s"])
+        if step.get("status"):
+            error = {"message": step.get("message", "fake transcription error"), "type": "fake_error"}
+            return web.json_response({"error": error}, status=step["status"])
+        return web.json_response({"text": step.get("text", "hello")})
 
     # ---- running ------------------------------------------------------------------------------------------
 
