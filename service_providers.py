@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -26,12 +27,15 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
 )
+from pipecat.frames.frames import Frame as PipecatFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.openai.tts import VALID_VOICES as OPENAI_TTS_VOICES
 from pipecat.services.openai.tts import OpenAITTSService
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
+from pipecat.utils.types import NOT_GIVEN, NotGiven
 
+import local_models
 from audio_utils import PIPELINE_INPUT_RATE, pcm16_to_wav
 from config import Settings
 from pipeline_frames import (
@@ -234,6 +238,81 @@ def _chat_chunk(chunk: Any) -> ChatChunk:
     return result
 
 
+class LocalChat:
+    """The in-process llama.cpp model (`local_models.LocalLLM`): same chunks as an OpenAI-compatible endpoint."""
+
+    name = "local"
+    supports_images = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.secrets: list[str] = []
+        self._settings = settings
+        self.model_path = local_models.llm_model_path(settings.local_llm_model, _cache_dir(settings), _log_progress)
+        self._llm: local_models.LocalLLM | None = None
+
+    async def load(self) -> None:
+        settings = self._settings
+        self._llm = await asyncio.to_thread(
+            local_models.LocalLLM.load,
+            self.model_path,
+            n_ctx=settings.local_llm_context,
+            max_concurrent=settings.local_llm_parallel,
+            n_threads=settings.local_llm_threads,
+            default_max_tokens=settings.llm_max_tokens,
+        )
+        await self._llm.warm_up()
+
+    async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
+        if self._llm is None:
+            raise RuntimeError("the local LLM is not loaded")
+        request: dict[str, Any] = {
+            "messages": run.messages,
+            "max_tokens": run.max_tokens,
+            "temperature": run.temperature,
+        }
+        if run.tools:
+            request["tools"] = run.tools
+            request["tool_choice"] = run.tool_choice
+        async for chunk in self._llm.stream(request):
+            yield _chat_chunk_from_dict(chunk)
+
+    async def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+
+
+def _chat_chunk_from_dict(chunk: dict[str, Any]) -> ChatChunk:
+    result = ChatChunk()
+    usage = chunk.get("usage")
+    if usage:
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        result.usage = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached)
+    choices = chunk.get("choices") or []
+    if choices:
+        choice = choices[0]
+        result.finish_reason = choice.get("finish_reason")
+        delta = choice.get("delta") or {}
+        result.text = delta.get("content") or ""
+        for call in delta.get("tool_calls") or []:
+            function = call.get("function") or {}
+            result.tool_calls.append(
+                ToolCallDelta(
+                    call.get("index", 0), call.get("id"), function.get("name"), function.get("arguments") or ""
+                )
+            )
+    return result
+
+
+def _cache_dir(settings: Settings) -> Path:
+    return settings.model_cache_dir or local_models.default_cache_dir()
+
+
+def _log_progress(message: str) -> None:
+    from loguru import logger
+
+    logger.info(message)
+
+
 class ChatLLMProcessor(FrameProcessor):
     """Runs a `ResponseRequestFrame` through a chat client and pushes what comes back as frames.
 
@@ -355,6 +434,34 @@ class OpenAITranscriber:
         await self._client.close()
 
 
+class LocalWhisperTranscriber:
+    """faster-whisper on the packaged weights (`local_models.LocalWhisper`), in worker threads."""
+
+    name = "local_whisper"
+
+    def __init__(self, settings: Settings) -> None:
+        self.secrets: list[str] = []
+        self.model_path = local_models.whisper_model_path(settings.whisper_model, _cache_dir(settings))
+        self._language = settings.whisper_language
+        self._model: local_models.LocalWhisper | None = None
+
+    async def load(self) -> None:
+        self._model = await asyncio.to_thread(local_models.LocalWhisper.load, self.model_path)
+        await self._model.warm_up()
+
+    async def transcribe(
+        self, pcm: bytes, language: str | None, prompt: str | None, on_delta: DeltaCallback | None = None
+    ) -> Transcript:
+        if self._model is None:
+            raise RuntimeError("the local Whisper model is not loaded")
+        result = await self._model.transcribe(pcm, language or self._language, prompt)
+        return Transcript(text=result.text, duration_s=result.duration_s)
+
+    async def close(self) -> None:
+        if self._model is not None:
+            self._model.close()
+
+
 class TranscriptionPort(Protocol):
     async def on_transcription_delta(self, item_id: str, delta: str) -> None: ...
 
@@ -436,6 +543,71 @@ class TtsProvider(Protocol):
     def settings_delta(self, voice: str, speed: float) -> TTSSettings: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass
+class PiperSettings(TTSSettings):
+    speed: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+
+
+class SharedPiperTTS(_StaysUsable, TTSService):
+    """Pipecat TTS on the process-wide Piper voice (Pipecat's own `PiperTTSService` loads a voice per pipeline)."""
+
+    Settings = PiperSettings
+    _settings: PiperSettings
+
+    def __init__(self, piper: local_models.LocalPiper, **kwargs: Any) -> None:
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=PiperSettings(model=None, voice=piper.name, language=None, speed=1.0),
+            **kwargs,
+        )
+        self._piper = piper
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncIterator[PipecatFrame]:
+        speed = self._settings.speed if isinstance(self._settings.speed, float | int) else 1.0
+        voice = self._settings.voice if isinstance(self._settings.voice, str) else None
+        audio = self._piper.synthesize(text, speed=float(speed), voice=voice)
+        async for frame in self._stream_audio_frames_from_iterator(
+            audio, in_sample_rate=self._piper.sample_rate, context_id=context_id
+        ):
+            yield frame
+
+
+class PiperTtsProvider:
+    name = "piper"
+
+    def __init__(self, settings: Settings) -> None:
+        self.secrets: list[str] = []
+        self.voice_path = local_models.piper_voice_path(settings.piper_voice)
+        self._piper: local_models.LocalPiper | None = None
+
+    async def load(self) -> None:
+        self._piper = await asyncio.to_thread(local_models.LocalPiper.load, self.voice_path)
+        await self._piper.warm_up()
+
+    def create(self) -> TTSService:
+        if self._piper is None:
+            raise RuntimeError("the Piper voice is not loaded")
+        return SharedPiperTTS(self._piper, sample_rate=24_000, max_consecutive_zero_audio_contexts=0)
+
+    def voice_for(self, requested: str) -> str:
+        """OpenAI voice names and unknown strings map to the loaded voice; a speaker of a multi-speaker voice
+        can be picked by its name."""
+        if self._piper is not None and self._piper.speaker_id(requested) is not None:
+            return requested
+        return self._piper.name if self._piper is not None else requested
+
+    def settings_delta(self, voice: str, speed: float) -> TTSSettings:
+        return PiperSettings(voice=voice, speed=speed)
+
+    async def close(self) -> None:
+        if self._piper is not None:
+            self._piper.close()
 
 
 @dataclass
@@ -521,6 +693,14 @@ class Providers:
     def create_tts(self) -> TTSService:
         return self.tts.create()
 
+    async def load(self) -> None:
+        """Loads and warms up the models of the local providers (a no-op for remote ones)."""
+        await asyncio.to_thread(self.turn_models.warm_up)
+        for provider in (self.stt, self.llm, self.tts):
+            load: Callable[[], Any] | None = getattr(provider, "load", None)
+            if load is not None:
+                await load()
+
     async def close(self) -> None:
         await self.stt.close()
         await self.llm.close()
@@ -554,6 +734,8 @@ def _create_stt(settings: Settings) -> Transcriber:
                 "or in .env."
             )
         return OpenAITranscriber("openai_whisper", base_url, api_key, settings.openai_stt_model, settings.stt_timeout_s)
+    if provider == "local_whisper":
+        return LocalWhisperTranscriber(settings)
     raise ConfigurationError(f"STT_PROVIDER={provider} is not available in this build.")
 
 
@@ -579,6 +761,8 @@ def _create_llm(settings: Settings) -> ChatClient:
         return OpenAICompatibleChat(
             "ollama", settings.ollama_base_url, None, settings.ollama_model, settings.llm_timeout_s
         )
+    if provider == "local":
+        return LocalChat(settings)
     raise ConfigurationError(f"LLM_PROVIDER={provider} is not available in this build.")
 
 
@@ -601,4 +785,6 @@ def _create_tts(settings: Settings) -> TtsProvider:
             default_voice=settings.openai_tts_voice,
             timeout_s=settings.tts_timeout_s,
         )
+    if provider == "piper":
+        return PiperTtsProvider(settings)
     raise ConfigurationError(f"TTS_PROVIDER={provider} is not available in this build.")

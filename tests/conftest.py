@@ -52,15 +52,19 @@ class RunningServer:
                 self.process.wait(5)
 
 
-def start_server(env: dict[str, str], port: int | None = None, wait: bool = True) -> RunningServer:
-    """Starts `python main.py` with `env` added to a clean environment (no `.env` from the developer's checkout)."""
+def start_server(
+    env: dict[str, str], port: int | None = None, wait: bool = True, launcher: list[str] | None = None
+) -> RunningServer:
+    """Starts `python main.py` with `env` added to a clean environment (no `.env` from the developer's checkout).
+
+    `launcher` replaces `main.py` as the script run (it must run main.py itself, like tests/offline_guard.py)."""
     port = port or free_port()
     full_env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "LLM_", "TTS_"))}
     full_env.update({"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_LEVEL": "INFO", **env})
     workdir = Path(tempfile.mkdtemp(prefix="realtime-server-"))  # no .env there
     log_path = workdir / "server.log"
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py")],
+        [sys.executable, *(launcher or [str(ROOT / "main.py")])],
         cwd=workdir,
         env=full_env,
         stdout=log_path.open("wb"),

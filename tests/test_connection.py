@@ -69,7 +69,7 @@ def test_parse_handshake_reads_key_from_header_or_subprotocol() -> None:
 
 
 def test_health_and_startup_banner(server: RunningServer) -> None:
-    assert server.health() == {"status": "healthy", "active_sessions": 0}
+    assert server.health() == {"status": "healthy", "active_sessions": 0, "models_ready": True}
     assert f"Realtime WebSocket endpoint: ws://127.0.0.1:{server.port}/v1/realtime" in server.log()
 
 
