@@ -80,14 +80,17 @@ def resample(pcm: bytes, in_rate: int, out_rate: int) -> bytes:
 
 
 class StreamResampler:
-    """Chunk-by-chunk PCM16 mono resampling that keeps filter state between chunks."""
+    """Chunk-by-chunk PCM16 mono resampling that keeps filter state between chunks.
 
-    def __init__(self, in_rate: int, out_rate: int) -> None:
+    `quality` trades delay for fidelity: "HQ" (for what people hear) holds back ~10 ms and releases it unevenly;
+    "MQ" holds back 7 ms, evenly, and gives the VAD the same answers as "HQ" on our fixtures ("LQ"'s aliasing moved
+    a turn's end by 30 ms). "VHQ" would hold back ~40 ms in bursts."""
+
+    def __init__(self, in_rate: int, out_rate: int, quality: str = "HQ") -> None:
         self.in_rate = in_rate
         self.out_rate = out_rate
-        # "HQ" rather than "VHQ": VHQ holds audio back in ~70 ms bursts, HQ releases it smoothly.
         self._stream = (
-            soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ") if in_rate != out_rate else None
+            soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality) if in_rate != out_rate else None
         )
         self._odd_byte = b""
 
@@ -121,11 +124,12 @@ class OutputEncoder:
 
 
 class InputDecoder:
-    """Turns audio in the session's input format into PCM16 mono at `out_rate`, chunk by chunk."""
+    """Turns audio in the session's input format into PCM16 mono at `out_rate`, chunk by chunk, with little delay
+    (it feeds voice activity detection, where every millisecond held back delays the end of a turn)."""
 
     def __init__(self, audio_format: AudioFormat, out_rate: int = PIPELINE_INPUT_RATE) -> None:
         self.format = audio_format
-        self._resampler = StreamResampler(audio_format.sample_rate, out_rate)
+        self._resampler = StreamResampler(audio_format.sample_rate, out_rate, quality="MQ")
 
     def decode(self, encoded: bytes) -> bytes:
         return self._resampler.process(format_to_pcm(encoded, self.format))

@@ -50,6 +50,10 @@ class InputAudioBuffer:
         if cutoff > self.start_ms:
             self._drop_until(cutoff)
 
+    def peek(self, start_ms: float, end_ms: float) -> bytes:
+        """The audio from `start_ms` to `end_ms`, left in the buffer."""
+        return bytes(self._buffer[self._offset(start_ms) : self._offset(end_ms)])
+
     def take(self, start_ms: float | None = None, end_ms: float | None = None) -> bytes:
         """Removes and returns the audio from `start_ms` to `end_ms` (clock positions; default: all of it).
         Audio before `start_ms` is dropped, audio after `end_ms` stays for the next turn."""

@@ -144,12 +144,24 @@ class ResetTurnDetection:
 
 @dataclass
 class Transcribe:
-    """Transcribe a committed user turn (PCM16 mono 16 kHz)."""
+    """Transcribe a user turn (PCM16 mono 16 kHz); the result comes back under `request_id`."""
 
-    item_id: str
+    request_id: str
     pcm: bytes
     language: str | None
     prompt: str | None
+
+
+@dataclass
+class _Speculation:
+    """A transcription of the turn so far, started when the speaker paused: if the turn ends at that pause, it is
+    the turn's transcript, ready sooner than a transcription started when the VAD's silence window has passed."""
+
+    request_id: str
+    speech_end_ms: float
+    transcript: str | None = None
+    failure: ProviderFailure | None = None
+    done: bool = False
 
 
 Command: TypeAlias = RunResponse | CancelResponse | FeedAudio | ConfigureTurnDetection | ResetTurnDetection | Transcribe
@@ -230,7 +242,9 @@ class RealtimeSession:
             self._apply_session_update(SessionUpdate(None, kind, initial_config))
         self._input = InputAudioBuffer(self.input_format)
         self._speech_start_ms: float | None = None  # audio_start_ms of the turn in progress
-        self._transcribing: set[str] = set()
+        self._transcribing: set[str] = set()  # user items whose transcript the LLM waits for
+        self._transcription_requests: dict[str, str] = {}  # request id → item id
+        self._speculation: _Speculation | None = None
         self._respond_when_idle = False  # a VAD turn ended while a response was still running
         self._idle_deadline_ms: float | None = None  # when `idle_timeout_ms` fires, on the audio clock
 
@@ -362,6 +376,7 @@ class RealtimeSession:
                 self._audio_commit(command)
             case AudioClear():
                 self._input.clear()
+                self._speculation = None
                 if self._speech_start_ms is not None:
                     self._speech_start_ms = None
                     self._input_item_id = new_id("item")
@@ -486,7 +501,7 @@ class RealtimeSession:
             self._commands.append(ResetTurnDetection())
         self._commit(self._input.take())
 
-    def _commit(self, audio: bytes) -> str:
+    def _commit(self, audio: bytes, speech_end_ms: float | None = None) -> str:
         """Turns audio into a user item (client commit, or the end of a VAD turn) and has it transcribed."""
         item_id = self._input_item_id
         self._input_item_id = new_id("item")
@@ -501,17 +516,27 @@ class RealtimeSession:
             "content": [{"type": "input_audio", "transcript": None}],
         }
         self._add_item(StoredItem(item=item, audio=bytearray(audio), audio_format=self.input_format), None)
-        transcription = self.config["audio"]["input"]["transcription"] or {}
         self._transcribing.add(item_id)
-        self._commands.append(
-            Transcribe(
-                item_id,
-                to_pipeline_pcm(audio, self.input_format),
-                transcription.get("language") or None,
-                transcription.get("prompt") or None,
-            )
-        )
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None and speech_end_ms is not None and speculation.speech_end_ms == speech_end_ms:
+            # The turn ended where the speaker paused: the transcription started then is this turn's.
+            self._transcription_requests[speculation.request_id] = item_id
+            if speculation.done:
+                self._transcription_done(speculation.request_id, speculation.transcript, speculation.failure)
+            return item_id
+        request_id = new_id("stt")
+        self._transcription_requests[request_id] = item_id
+        self._commands.append(self._transcribe(request_id, audio))
         return item_id
+
+    def _transcribe(self, request_id: str, audio: bytes) -> Transcribe:
+        transcription = self.config["audio"]["input"]["transcription"] or {}
+        return Transcribe(
+            request_id,
+            to_pipeline_pcm(audio, self.input_format),
+            transcription.get("language") or None,
+            transcription.get("prompt") or None,
+        )
 
     # ---- turn detection and transcription (reported by the pipeline) ----------------------------------------
 
@@ -536,7 +561,17 @@ class RealtimeSession:
         if detection.get("interrupt_response", True) and self._in_band_id is not None:
             self.cancel_response(self._in_band_id, "turn_detected")
 
-    def on_speech_stopped(self, end_ms: float) -> None:
+    def on_speech_paused(self, speech_end_ms: float) -> None:
+        """The speaker paused: transcribe the turn so far now, in case the pause is its end."""
+        start_ms = self._speech_start_ms
+        if start_ms is None:
+            return
+        request_id = new_id("stt")
+        self._speculation = _Speculation(request_id, speech_end_ms)
+        # A little of the silence too: the decoder should hear the last word end.
+        self._commands.append(self._transcribe(request_id, self._input.peek(start_ms, speech_end_ms + 100)))
+
+    def on_speech_stopped(self, end_ms: float, speech_end_ms: float | None = None) -> None:
         """The VAD judged the turn over at `end_ms`: the turn is committed, and answered if so configured."""
         detection = self.turn_detection
         start_ms = self._speech_start_ms
@@ -545,39 +580,47 @@ class RealtimeSession:
         self._speech_start_ms = None
         end_ms = min(end_ms, self._input.clock_ms)
         self._emit(ServerEvent.INPUT_AUDIO_BUFFER_SPEECH_STOPPED, audio_end_ms=int(end_ms), item_id=self._input_item_id)
-        self._commit(self._input.take(start_ms, end_ms))
+        self._commit(self._input.take(start_ms, end_ms), speech_end_ms)
         if self.kind == "realtime" and detection.get("create_response", True):
             if self._in_band_id is None:
                 self.create_response()
             else:
                 self._respond_when_idle = True
 
-    def on_transcription_delta(self, item_id: str, delta: str) -> None:
-        if delta and self._transcription_events and item_id in self._transcribing:
+    def on_transcription_delta(self, request_id: str, delta: str) -> None:
+        item_id = self._transcription_requests.get(request_id)
+        if delta and item_id is not None and self._transcription_events:
             self._emit(ServerEvent.INPUT_TRANSCRIPTION_DELTA, item_id=item_id, content_index=0, delta=delta)
 
-    def on_transcription_completed(self, item_id: str, transcript: str, duration_s: float) -> None:
-        if item_id not in self._transcribing:
-            return
+    def on_transcription_completed(self, request_id: str, transcript: str) -> None:
+        self._transcription_done(request_id, transcript, None)
+
+    def on_transcription_failed(self, request_id: str, failure: ProviderFailure) -> None:
+        self._transcription_done(request_id, None, failure)
+
+    def _transcription_done(self, request_id: str, transcript: str | None, failure: ProviderFailure | None) -> None:
+        speculation = self._speculation
+        if speculation is not None and speculation.request_id == request_id:
+            speculation.transcript, speculation.failure, speculation.done = transcript, failure, True
+            return  # kept until the turn ends (or is dropped when the speaker goes on)
+        item_id = self._transcription_requests.pop(request_id, None)
+        if item_id is None or item_id not in self._transcribing:
+            return  # a speculation the speaker talked past
         self._transcribing.discard(item_id)
         stored = self.conversation.get(item_id)
-        if stored is not None:
-            stored.item["content"][0]["transcript"] = transcript
-        if self._transcription_events:
-            self._emit(
-                ServerEvent.INPUT_TRANSCRIPTION_COMPLETED,
-                item_id=item_id,
-                content_index=0,
-                transcript=transcript,
-                usage={"type": "duration", "seconds": round(duration_s, 3)},
-            )
-        self._release_held_responses()
-
-    def on_transcription_failed(self, item_id: str, failure: ProviderFailure) -> None:
-        if item_id not in self._transcribing:
-            return
-        self._transcribing.discard(item_id)
-        if self._transcription_events:
+        if transcript is not None:
+            if stored is not None:
+                stored.item["content"][0]["transcript"] = transcript
+            if self._transcription_events:
+                seconds = stored.audio_ms / 1000 if stored is not None else 0.0
+                self._emit(
+                    ServerEvent.INPUT_TRANSCRIPTION_COMPLETED,
+                    item_id=item_id,
+                    content_index=0,
+                    transcript=transcript,
+                    usage={"type": "duration", "seconds": round(seconds, 3)},
+                )
+        elif failure is not None and self._transcription_events:
             error = {"type": "transcription_error", "code": failure.code, "message": failure.message, "param": None}
             self._emit(ServerEvent.INPUT_TRANSCRIPTION_FAILED, item_id=item_id, content_index=0, error=error)
         self._release_held_responses()

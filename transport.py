@@ -256,23 +256,25 @@ class RealtimeConnection:
         for event in events:
             if event.kind is TurnEventKind.SPEECH_STARTED:
                 self.session.on_speech_started(event.at_ms)
+            elif event.kind is TurnEventKind.SPEECH_PAUSED:
+                self.session.on_speech_paused(event.at_ms)
             else:
-                self.session.on_speech_stopped(event.at_ms)
+                self.session.on_speech_stopped(event.at_ms, event.speech_end_ms)
         self.session.on_audio_analysed(analysed_ms)
         await self.pump()
 
-    async def on_transcription_delta(self, item_id: str, delta: str) -> None:
-        self.session.on_transcription_delta(item_id, delta)
+    async def on_transcription_delta(self, request_id: str, delta: str) -> None:
+        self.session.on_transcription_delta(request_id, delta)
         await self.pump()
 
     async def on_transcription_done(
-        self, item_id: str, transcript: Transcript | None, failure: ProviderFailure | None
+        self, request_id: str, transcript: Transcript | None, failure: ProviderFailure | None
     ) -> None:
         if transcript is not None:
-            self.session.on_transcription_completed(item_id, transcript.text, transcript.duration_s)
+            self.session.on_transcription_completed(request_id, transcript.text)
         elif failure is not None:
             logger.warning(f"Session {self.session.id}: transcription failed: {failure.message}")
-            self.session.on_transcription_failed(item_id, failure)
+            self.session.on_transcription_failed(request_id, failure)
         await self.pump()
 
     async def on_pipeline_error(self, frame: ErrorFrame) -> None:

@@ -39,6 +39,9 @@ _RESET_QUIET_WINDOWS = 5
 SEMANTIC_FIRST_CHECK_MS = 250
 SEMANTIC_RECHECK_MS = 500
 SEMANTIC_MAX_WAIT_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
+# After this much silence the turn's audio so far is worth transcribing: if the turn does end, its transcript is
+# (nearly) ready when it does, instead of starting then.
+PAUSE_MS = 200
 _SEMANTIC_AUDIO_S = 8
 
 
@@ -155,16 +158,19 @@ class TurnSettings:
 
 class TurnEventKind(Enum):
     SPEECH_STARTED = "speech_started"
+    SPEECH_PAUSED = "speech_paused"
     SPEECH_STOPPED = "speech_stopped"
 
 
 @dataclass(frozen=True)
 class TurnEvent:
-    """`at_ms`: for a start, where the speech began; for a stop, where the turn was judged over (the end of the
-    speech plus the silence that confirmed it), in ms of audio since the stream began."""
+    """Positions are ms of audio since the stream began. `at_ms`: for a start, where the speech began; for a pause,
+    where the speech (so far) ended; for a stop, where the turn was judged over (the end of the speech plus the
+    silence that confirmed it). `speech_end_ms` (pauses and stops): where the speech ended."""
 
     kind: TurnEventKind
     at_ms: float
+    speech_end_ms: float | None = None
 
 
 class TurnDetector:
@@ -180,6 +186,7 @@ class TurnDetector:
         self._candidate_start: float | None = None
         self._candidate_ms = 0.0
         self._speech_end_ms = 0.0
+        self._paused = False
         self._next_semantic_check_ms = 0.0
         self._turn_audio: list[np.ndarray] = []
         self._windows_since_reset = 0
@@ -243,16 +250,23 @@ class TurnDetector:
             # Silero scores a window as a whole: the speech in it ends, on average, halfway through.
             self._speech_end_ms = start_ms + WINDOW_MS / 2
             self._next_semantic_check_ms = SEMANTIC_FIRST_CHECK_MS
+            self._paused = False
             return None
         end_ms = start_ms + WINDOW_MS
         silence_ms = end_ms - self._speech_end_ms
         if settings.kind == "server_vad":
             if silence_ms >= settings.silence_duration_ms:
                 return self._stop(self._speech_end_ms + settings.silence_duration_ms)
+            if silence_ms >= PAUSE_MS and not self._paused:
+                self._paused = True
+                return TurnEvent(TurnEventKind.SPEECH_PAUSED, self._speech_end_ms, self._speech_end_ms)
             return None
         max_wait_ms = SEMANTIC_MAX_WAIT_MS.get(settings.eagerness, 4000)
         if silence_ms >= max_wait_ms:
             return self._stop(self._speech_end_ms + max_wait_ms)
+        if silence_ms >= PAUSE_MS and not self._paused:
+            self._paused = True
+            return TurnEvent(TurnEventKind.SPEECH_PAUSED, self._speech_end_ms, self._speech_end_ms)
         if silence_ms >= self._next_semantic_check_ms:
             self._next_semantic_check_ms = silence_ms + SEMANTIC_RECHECK_MS
             audio = np.concatenate(self._turn_audio[-(_SEMANTIC_AUDIO_S * SAMPLE_RATE // WINDOW_SAMPLES) :])
@@ -261,11 +275,13 @@ class TurnDetector:
         return None
 
     def _stop(self, end_ms: float) -> TurnEvent:
+        speech_end_ms = self._speech_end_ms
         self._end_turn()
-        return TurnEvent(TurnEventKind.SPEECH_STOPPED, end_ms)
+        return TurnEvent(TurnEventKind.SPEECH_STOPPED, end_ms, speech_end_ms)
 
     def _end_turn(self) -> None:
         self._speaking = False
+        self._paused = False
         self._candidate_start = None
         self._next_semantic_check_ms = SEMANTIC_FIRST_CHECK_MS
         self._turn_audio = []

@@ -23,7 +23,7 @@ def detect(models: TurnModels, audio24k: bytes, settings: TurnSettings, chunk_ms
     events = []
     for start in range(0, len(pcm), size):
         events.extend(detector.feed(pcm[start : start + size]))
-    return [(event.kind.value, event.at_ms) for event in events]
+    return [(event.kind.value, event.at_ms) for event in events if event.kind is not TurnEventKind.SPEECH_PAUSED]
 
 
 def test_server_vad_finds_the_question(models: TurnModels) -> None:
@@ -77,3 +77,17 @@ def test_positions_follow_the_audio_clock_whatever_the_chunk_size(models: TurnMo
     assert [kind for kind, _ in small] == [kind for kind, _ in large]
     for (_, a), (_, b) in zip(small, large, strict=True):
         assert abs(a - b) <= 32  # one Silero window
+
+
+def test_a_pause_is_announced_before_the_turn_ends(models: TurnModels) -> None:
+    """Speculative transcription starts at the pause; the stop that follows names the same end of speech."""
+    pcm = resample(pcm24k("question.wav"), WIRE_PCM_RATE, PIPELINE_INPUT_RATE)
+    detector = TurnDetector(models, TurnSettings(silence_duration_ms=500))
+    events = []
+    for start in range(0, len(pcm), 640):
+        events.extend(detector.feed(pcm[start : start + 640]))
+    kinds = [event.kind for event in events]
+    assert kinds == [TurnEventKind.SPEECH_STARTED, TurnEventKind.SPEECH_PAUSED, TurnEventKind.SPEECH_STOPPED]
+    paused, stopped = events[1], events[2]
+    assert paused.speech_end_ms == stopped.speech_end_ms
+    assert stopped.at_ms - paused.at_ms == 500
