@@ -33,8 +33,10 @@ lint: install-dev
 test: lint
 	$(BIN)/python -m pytest -q
 
+# Response latency: back to back (throughput-bound), then 50 sessions paced like users who listen before speaking.
 bench: install-dev
 	$(BIN)/python bench/response_latency.py
+	$(BIN)/python bench/response_latency.py --sessions 50 --pause-ms 1000 --output bench/results/response_latency_paced.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SttProvider = Literal["local_whisper", "deepgram", "openai_whisper", "siliconflow"]
-LlmProvider = Literal["local", "openai", "ollama", "siliconflow"]
-TtsProvider = Literal["piper", "edge_tts", "elevenlabs", "openai_tts", "siliconflow"]
+SttProvider = Literal["local_whisper", "openai_whisper"]
+LlmProvider = Literal["local", "openai", "ollama"]
+TtsProvider = Literal["piper", "openai_tts"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, friendly voice assistant. Your replies are spoken aloud, so keep them short and "
@@ -26,7 +26,8 @@ DEFAULT_INSTRUCTIONS = (
 class Settings(BaseSettings):
     """Server configuration. Field names map to upper-case environment variables."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # An empty value means "the default", as in .env.example.
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     # --- server -------------------------------------------------------------------------------------
     server_host: str = "0.0.0.0"
@@ -90,25 +91,12 @@ class Settings(BaseSettings):
     )
     openai_stt_model: str = "whisper-1"
 
-    # Deepgram
-    deepgram_api_key: SecretStr | None = None
-    deepgram_model: str = "nova-2"
-    deepgram_language: str = "en-US"
-
-    # ElevenLabs
-    elevenlabs_api_key: SecretStr | None = None
-    elevenlabs_voice_id: str = "21m00Tcm4TlvDq8ikWAM"
-
-    # Edge TTS
-    edge_tts_voice: str = "zh-CN-XiaoxiaoNeural"
-
     # --- server VAD defaults (OpenAI's `turn_detection`) -------------------------------------------
     vad_threshold: float = Field(0.5, ge=0.0, le=1.0)
     vad_silence_duration_ms: int = Field(500, ge=0)
     vad_prefix_padding_ms: int = Field(300, ge=0)
 
     # --- limits -------------------------------------------------------------------------------------
-    max_sessions: int = Field(100, ge=1)
     session_max_duration_s: int = Field(30 * 60, ge=1)
     ws_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 

@@ -175,7 +175,7 @@ def main() -> None:
         host=settings.server_host,
         port=settings.server_port,
         ws_max_size=settings.ws_max_message_bytes,
-        log_level="debug" if settings.debug else "info",
+        log_level="debug" if settings.debug else settings.log_level.lower(),
     )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import httpx2
 import openai
 from pipecat.frames.frames import (
     Frame,
@@ -90,9 +91,9 @@ def provider_failure(stage: str, provider: str, exc: BaseException, secrets: lis
     if isinstance(exc, openai.APIStatusError):
         detail = redact(_error_detail(exc), secrets)
         return _status_failure(stage, provider, exc.status_code, detail)
-    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | httpx2.TimeoutException | TimeoutError):
         return ProviderFailure("provider_timeout", f"The {stage} provider '{provider}' timed out.")
-    if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+    if isinstance(exc, openai.APIConnectionError | httpx.TransportError | httpx2.TransportError):
         return ProviderFailure(
             "provider_unavailable", f"The {stage} provider '{provider}' could not be reached or dropped the connection."
         )
@@ -180,15 +181,14 @@ class OpenAICompatibleChat:
         self.supports_images = supports_images
         self.secrets = [api_key] if api_key else []
         self._token_limit_field = token_limit_field
-        http_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        )
         self._client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "no-key", max_retries=0, http_client=http_client
+            base_url=base_url, api_key=api_key or "no-key", max_retries=0, http_client=_http_client(timeout_s)
         )
 
     async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
+        # The SDK's low-level `post` rather than `chat.completions.create`: the latter re-validates and copies the
+        # whole conversation on every request (milliseconds per response for long conversations, all of it on the
+        # event loop) and builds a pydantic model per streamed chunk. Errors are the SDK's own either way.
         params: dict[str, Any] = {
             "model": self.model,
             "messages": run.messages,
@@ -200,42 +200,25 @@ class OpenAICompatibleChat:
         if run.tools:
             params["tools"] = run.tools
             params["tool_choice"] = run.tool_choice
-        stream = await self._client.chat.completions.create(**params)
+        stream = await self._client.post(
+            "/chat/completions", body=params, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
+        )
         async with stream:
             async for chunk in stream:
-                yield _chat_chunk(chunk)
+                if isinstance(chunk, dict):
+                    yield _chat_chunk_from_dict(chunk)
 
     async def close(self) -> None:
         await self._client.close()
 
 
-def _chat_chunk(chunk: Any) -> ChatChunk:
-    result = ChatChunk()
-    if chunk.usage is not None:
-        details = getattr(chunk.usage, "prompt_tokens_details", None)
-        cached = getattr(details, "cached_tokens", None) or 0
-        result.usage = Usage(
-            input_tokens=chunk.usage.prompt_tokens or 0,
-            output_tokens=chunk.usage.completion_tokens or 0,
-            cached_tokens=cached,
-        )
-    if chunk.choices:
-        choice = chunk.choices[0]
-        result.finish_reason = choice.finish_reason
-        delta = choice.delta
-        if delta is not None:
-            result.text = delta.content or ""
-            for call in delta.tool_calls or []:
-                function = call.function
-                result.tool_calls.append(
-                    ToolCallDelta(
-                        index=call.index,
-                        call_id=call.id,
-                        name=function.name if function else None,
-                        arguments=(function.arguments or "") if function else "",
-                    )
-                )
-    return result
+def _http_client(timeout_s: float) -> httpx2.AsyncClient:
+    """The SDK's own client class (httpx2: httpx's connection pool scans every pooled connection with a syscall on
+    each request, which dominated the server's CPU with 50 sessions)."""
+    return openai.DefaultAsyncHttpxClient(
+        timeout=httpx2.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+        limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
+    )
 
 
 class LocalChat:
@@ -421,9 +404,8 @@ class OpenAITranscriber:
         self.name = name
         self.model = model
         self.secrets = [api_key] if api_key else []
-        http_client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)))
         self._client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "no-key", max_retries=0, http_client=http_client
+            base_url=base_url, api_key=api_key or "no-key", max_retries=0, http_client=_http_client(timeout_s)
         )
 
     async def transcribe(
@@ -630,14 +612,11 @@ class OpenAITtsProvider:
     model: str = "gpt-4o-mini-tts"
     default_voice: str = "alloy"
     timeout_s: float = 30.0
-    _http: httpx.AsyncClient | None = None
+    _http: httpx2.AsyncClient | None = None
 
     def create(self) -> TTSService:
         if self._http is None:
-            self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            )
+            self._http = _http_client(self.timeout_s)
         return RealtimeOpenAITTS(
             api_key=self.api_key or "no-key",
             base_url=self.base_url,
