@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -43,21 +43,20 @@ class Handshake:
     api_key: str | None
 
 
-def parse_handshake(headers: dict[str, str] | object, subprotocols: list[str]) -> Handshake:
+def parse_handshake(headers: Mapping[str, str], subprotocols: list[str]) -> Handshake:
     """Dialect, selected subprotocol and API key from the upgrade request, as OpenAI's clients send them.
 
     Browsers cannot set headers, so they send the key as the `openai-insecure-api-key.<key>` subprotocol (which is
     never echoed back) and ask for the beta dialect with `openai-beta.realtime-v1`.
     """
-    get = headers.get  # type: ignore[attr-defined]
     api_key = None
-    authorization = get("authorization") or ""
+    authorization = headers.get("authorization") or ""
     if authorization.lower().startswith("bearer "):
         api_key = authorization[7:].strip() or None
     for protocol in subprotocols:
         if protocol.startswith(API_KEY_SUBPROTOCOL_PREFIX) and api_key is None:
             api_key = protocol[len(API_KEY_SUBPROTOCOL_PREFIX) :] or None
-    beta_header = "realtime=v1" in (get("openai-beta") or "").replace(" ", "").lower()
+    beta_header = "realtime=v1" in (headers.get("openai-beta") or "").replace(" ", "").lower()
     dialect: Dialect = "beta" if beta_header or BETA_SUBPROTOCOL in subprotocols else "ga"
     subprotocol = REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in subprotocols else None
     return Handshake(dialect=dialect, subprotocol=subprotocol, api_key=api_key)

@@ -34,6 +34,8 @@ from pipecat.services.openai.tts import VALID_VOICES as OPENAI_TTS_VOICES
 from pipecat.services.openai.tts import OpenAITTSService
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
+from pipecat.utils.text.base_text_aggregator import Aggregation, TextType
+from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
 import local_models
@@ -507,18 +509,74 @@ class TranscriptionProcessor(FrameProcessor):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _StaysUsable:
-    """Pipecat writes off a TTS service after a permanent-looking error (a 401, three silent replies) and then
-    never speaks again. Here each response reports its own failure to the client, and the next one tries again,
-    so the session stays usable."""
+_CLAUSE_MARKS = frozenset(",，、:：;；—")
+_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+MIN_FIRST_CLAUSE_CHARS = 12  # Latin text; for CJK text 4 characters
+MIN_FIRST_CLAUSE_CJK_CHARS = 4
+
+
+class FirstClauseAggregator(SimpleTextAggregator):
+    """Pipecat's sentence aggregation, except at the start of a reply: its first clause goes to the TTS as soon as
+    its comma (or CJK "，", "、", "；" …) arrives, so the first audio does not wait for a long first sentence. Later
+    text goes sentence by sentence, which sounds more natural."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._at_reply_start = True
+
+    async def aggregate(self, text: str) -> AsyncIterator[Aggregation]:
+        for char in text:
+            if self._at_reply_start and char in _CLAUSE_MARKS and self._clause_long_enough():
+                clause = (self._text + char).strip(" ")
+                self._text = ""
+                self._at_reply_start = False
+                yield Aggregation(text=clause, type=TextType.SENTENCE)
+                continue
+            async for aggregation in super().aggregate(char):
+                self._at_reply_start = False
+                yield aggregation
+
+    def _clause_long_enough(self) -> bool:
+        text = self._text.strip()
+        if not text or text[-1].isdigit():  # "1,000" is a number, not a clause
+            return False
+        if _CJK_CHAR.search(text):
+            return len(text) >= MIN_FIRST_CLAUSE_CJK_CHARS
+        return len(text) >= MIN_FIRST_CLAUSE_CHARS
+
+    async def flush(self) -> Aggregation | None:
+        self._at_reply_start = True  # the reply ended: the next one starts afresh
+        return await super().flush()
+
+    async def handle_interruption(self) -> None:
+        self._at_reply_start = True
+        await super().handle_interruption()
+
+    async def reset(self) -> None:
+        self._at_reply_start = True
+        await super().reset()
+
+
+class _RealtimeTTS:
+    """What every TTS service of ours adds to Pipecat's:
+
+    - the first clause of a reply is spoken as soon as it is complete (`FirstClauseAggregator`);
+    - it stays usable: Pipecat writes off a TTS service after a permanent-looking error (a 401, three silent
+      replies) and then never speaks again; here each response reports its own failure to the client, and the next
+      one tries again."""
+
+    def _install_first_clause_aggregator(self) -> None:
+        current = self._text_aggregator  # type: ignore[attr-defined]
+        self._text_aggregator = FirstClauseAggregator(language=current.language)  # type: ignore[attr-defined]
 
     async def set_usable(self, is_usable: bool) -> None:
         await super().set_usable(True)  # type: ignore[misc]
 
 
-class RealtimeOpenAITTS(_StaysUsable, OpenAITTSService):
+class RealtimeOpenAITTS(_RealtimeTTS, OpenAITTSService):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._install_first_clause_aggregator()
         # A failed sentence fails its response at once (the client decides whether to retry), as the LLM does.
         self._client = self._client.with_options(max_retries=0)
 
@@ -543,7 +601,7 @@ class PiperSettings(TTSSettings):
     speed: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
-class SharedPiperTTS(_StaysUsable, TTSService):
+class SharedPiperTTS(_RealtimeTTS, TTSService):
     """Pipecat TTS on the process-wide Piper voice (Pipecat's own `PiperTTSService` loads a voice per pipeline)."""
 
     Settings = PiperSettings
@@ -556,6 +614,7 @@ class SharedPiperTTS(_StaysUsable, TTSService):
             settings=PiperSettings(model=None, voice=piper.name, language=None, speed=1.0),
             **kwargs,
         )
+        self._install_first_clause_aggregator()
         self._piper = piper
 
     def can_generate_metrics(self) -> bool:

@@ -143,10 +143,6 @@ class RealtimeOutputProcessor(FrameProcessor):
         return f" {text}" if needs_space else text
 
 
-class ClientNotReading(Exception):
-    """The client stopped reading: its outgoing queue is full."""
-
-
 class RealtimeConnection:
     """One WebSocket connection: reads client events, writes server events, runs the session's pipeline."""
 
@@ -158,6 +154,7 @@ class RealtimeConnection:
         self._providers = providers
         self._outgoing: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max_outgoing)
         self._closing = False
+        self._abort_task: asyncio.Task[None] | None = None
         self.close_reason = "client closed"
         self.pipeline = PipelineManager(providers, self, RealtimeInputProcessor(self), RealtimeOutputProcessor(self))
 
@@ -170,8 +167,6 @@ class RealtimeConnection:
             self.session.open()
             await self.pump()
             await self._read_loop()
-        except ClientNotReading:
-            self.close_reason = "client stopped reading (outgoing queue full)"
         except Exception:
             logger.exception(f"Session {self.session.id} failed")
             self.close_reason = "server error"
@@ -216,8 +211,11 @@ class RealtimeConnection:
         try:
             self._outgoing.put_nowait(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
         except asyncio.QueueFull:
+            # The client stopped reading: end the connection rather than buffer without bound. Closing the socket
+            # also ends the read loop, which then stops the pipeline.
             self._closing = True
-            raise ClientNotReading() from None
+            self.close_reason = "client stopped reading (outgoing queue full)"
+            self._abort_task = asyncio.create_task(self._close_socket(code=1008))
 
     async def _write_loop(self) -> None:
         while True:
@@ -239,10 +237,10 @@ class RealtimeConnection:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 
-    async def _close_socket(self) -> None:
+    async def _close_socket(self, code: int = 1000) -> None:
         if self.websocket.client_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await self.websocket.close(code=1000)
+                await self.websocket.close(code=code)
 
     # ---- SessionPort -------------------------------------------------------------------------------------------
 

@@ -349,3 +349,32 @@ async def test_transcription_session_beta(server: RunningServer, fake: FakeOpenA
             event = await recv(ws, "beta")
             seen.append(event["type"])
         assert "conversation.item.created" in seen and "response.created" not in seen
+
+
+@pytest.mark.parametrize("eagerness", ["high", "auto"])
+async def test_semantic_vad_ends_the_turn(server: RunningServer, eagerness: str) -> None:
+    (truth,) = utterances("question.wav")
+    async with connect(server.base_url) as client:
+        await client.until("conversation.created")
+        session = await update(
+            client,
+            {
+                "audio": {
+                    "input": {
+                        "turn_detection": {"type": "semantic_vad", "eagerness": eagerness, "create_response": False}
+                    }
+                }
+            },
+        )
+        assert session["audio"]["input"]["turn_detection"] == {
+            "type": "semantic_vad",
+            "eagerness": eagerness,
+            "create_response": False,
+            "interrupt_response": True,
+        }
+        await stream(client, pcm24k("question.wav") + silence24k(4500))
+        events = await client.until("input_audio_buffer.committed")
+    stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
+    waited = stopped["audio_end_ms"] - truth["end_ms"]
+    limit = {"high": 2000, "auto": 4000}[eagerness]
+    assert 0 < waited <= limit + TOLERANCE_MS, waited

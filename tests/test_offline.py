@@ -149,3 +149,29 @@ def test_the_guard_refuses_and_records_outside_connections(tmp_path: Path) -> No
     result = subprocess.run([sys.executable, "-c", code, str(ROOT), str(log)], capture_output=True, text=True)
     assert "PermissionError" in result.stderr
     assert log.read_text().splitlines() == ["socket.getaddrinfo '203.0.113.7'"]  # refused before the connect
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"LOCAL_LLM_MODEL": "/nonexistent/model.gguf"}, "/nonexistent/model.gguf"),
+        ({"WHISPER_MODEL": "/nonexistent/whisper"}, "/nonexistent/whisper"),
+        ({"PIPER_VOICE": "/nonexistent/voice.onnx"}, "/nonexistent/voice.onnx"),
+    ],
+)
+def test_missing_model_files_stop_startup_with_a_clear_message(tmp_path: Path, env: dict, named: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "LLM_", "TTS_", "STT_"))}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py")],
+        cwd=tmp_path,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert named in result.stderr and "Traceback" not in result.stderr
