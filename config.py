@@ -98,6 +98,9 @@ class Settings(BaseSettings):
 
     # --- limits -------------------------------------------------------------------------------------
     session_max_duration_s: int = Field(30 * 60, ge=1)
+    max_retained_audio_s: int = Field(
+        300, ge=0, description="Audio of past turns a session keeps for conversation.item.retrieve (the most recent)"
+    )
     ws_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
     @field_validator("openai_base_url", "ollama_base_url")

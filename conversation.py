@@ -32,6 +32,7 @@ class StoredItem:
     audio: bytearray = field(default_factory=bytearray)
     audio_format: AudioFormat = AudioFormat.PCM16
     spoken: list[SpokenSegment] = field(default_factory=list)
+    released_ms: float = 0.0  # audio dropped to bound memory: still counted in `audio_ms`
 
     @property
     def id(self) -> str:
@@ -39,7 +40,16 @@ class StoredItem:
 
     @property
     def audio_ms(self) -> float:
+        return self.released_ms + self.audio_format.duration_ms(len(self.audio))
+
+    @property
+    def retained_ms(self) -> float:
         return self.audio_format.duration_ms(len(self.audio))
+
+    def release_audio(self) -> None:
+        """Forgets the audio bytes (a retrieve no longer returns them); its length stays known for truncation."""
+        self.released_ms = self.audio_ms
+        self.audio = bytearray()
 
     def with_audio(self) -> JsonDict:
         """The item as `conversation.item.retrieved` shows it: audio included, base64 in its wire format."""
@@ -102,6 +112,16 @@ class Conversation:
     def delete(self, item_id: str) -> None:
         self._order.remove(item_id)
         del self._items[item_id]
+
+    def limit_audio(self, max_ms: float) -> None:
+        """Keeps at most `max_ms` of item audio, the most recent: older items' audio is released."""
+        total = sum(self._items[item_id].retained_ms for item_id in self._order)
+        for item_id in self._order:
+            if total <= max_ms:
+                return
+            stored = self._items[item_id]
+            total -= stored.retained_ms
+            stored.release_audio()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -174,6 +174,8 @@ def main() -> None:
         host=settings.server_host,
         port=settings.server_port,
         ws_max_size=settings.ws_max_message_bytes,
+        # Deflating base64 audio costs much CPU and saves little; OpenAI's Python SDK does not ask for it either.
+        ws_per_message_deflate=False,
         log_level="debug" if settings.debug else settings.log_level.lower(),
     )
 

@@ -46,12 +46,13 @@ class ResponseTextFrame(DataFrame):
 
 @dataclass
 class ResponseToolCallFrame(DataFrame):
-    """A streamed piece of a tool call: `index` tells the calls of one response apart."""
+    """A streamed piece of a tool call: `index` tells the calls of one response apart. (Not `name`: every Pipecat
+    frame has a `name` of its own.)"""
 
     response_id: str
     index: int
     call_id: str | None
-    name: str | None
+    tool_name: str | None
     arguments: str
 
 

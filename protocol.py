@@ -1269,7 +1269,9 @@ def beta_format(ga_format: Mapping[str, Any]) -> str:
 
 
 def to_beta_item(item: JsonDict) -> JsonDict:
-    """A canonical item in beta shape (`object` always present, assistant parts `text`/`audio`)."""
+    """A canonical item in beta shape (`object` always present, assistant parts `text`/`audio`).
+
+    The beta dialect has no image content type: image parts are kept (the LLM sees them) but not echoed."""
     result = {"object": "realtime.item", **item}
     if item.get("type") == "message":
         parts = []
@@ -1280,7 +1282,7 @@ def to_beta_item(item: JsonDict) -> JsonDict:
             elif part["type"] == "output_audio":
                 part["type"] = "audio"
             elif part["type"] == "input_image":
-                part.pop("detail", None)
+                continue
             parts.append(part)
         result["content"] = parts
     return result

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from audio_utils import AudioFormat, InvalidAudio, OutputEncoder, decode_base64, encode_base64
+from audio_utils import AudioFormat, InvalidAudio, OutputEncoder, decode_base64, encode_base64, format_to_pcm
 from config import DEFAULT_INSTRUCTIONS, Settings
 from conversation import (
     ROOT,
@@ -80,6 +80,7 @@ class SessionDefaults:
     vad_silence_duration_ms: int = 500
     transcription_model: str = "whisper-1"
     lifetime_s: int = 30 * 60
+    max_retained_audio_ms: float = 5 * 60 * 1000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionDefaults:
@@ -92,6 +93,7 @@ class SessionDefaults:
             vad_prefix_padding_ms=settings.vad_prefix_padding_ms,
             vad_silence_duration_ms=settings.vad_silence_duration_ms,
             lifetime_s=settings.session_max_duration_s,
+            max_retained_audio_ms=settings.max_retained_audio_s * 1000,
         )
 
 
@@ -208,6 +210,11 @@ class _Response:
     instructions: str = ""
 
 
+def _audio_part_index(item: JsonDict) -> int:
+    """Where a user item's audio is (a committed turn has only that; a client-made item may have text first)."""
+    return next((i for i, part in enumerate(item.get("content", [])) if part["type"] == "input_audio"), 0)
+
+
 def _snapshot(item: JsonDict) -> JsonDict:
     """A copy of an item safe to put in an event (items change as a response goes on)."""
     return copy.deepcopy(item)
@@ -238,8 +245,6 @@ class RealtimeSession:
         self._responses: dict[str, _Response] = {}
         self._in_band_id: str | None = None
         self._input_item_id = new_id("item")
-        if initial_config:
-            self._apply_session_update(SessionUpdate(None, kind, initial_config))
         self._input = InputAudioBuffer(self.input_format)
         self._speech_start_ms: float | None = None  # audio_start_ms of the turn in progress
         self._transcribing: set[str] = set()  # user items whose transcript the LLM waits for
@@ -247,6 +252,9 @@ class RealtimeSession:
         self._speculation: _Speculation | None = None
         self._respond_when_idle = False  # a VAD turn ended while a response was still running
         self._idle_deadline_ms: float | None = None  # when `idle_timeout_ms` fires, on the audio clock
+        if initial_config:  # a configuration the session starts from (an ephemeral key's, say)
+            self._apply_session_update(SessionUpdate(None, kind, initial_config))
+            self._commands.clear()  # `open` configures the pipeline from the result
 
     # ---- outputs ---------------------------------------------------------------------------------------------
 
@@ -331,11 +339,6 @@ class RealtimeSession:
         if self.kind == "transcription":
             return to_beta_transcription_session(self.config)
         return to_beta_session(self.config, self.temperature)
-
-    @property
-    def voice(self) -> str:
-        voice = self.config["audio"]["output"]["voice"]
-        return voice["id"] if isinstance(voice, dict) else voice
 
     @property
     def input_format(self) -> AudioFormat:
@@ -436,8 +439,6 @@ class RealtimeSession:
         self.config = merge_session(self.config, patch, self._turn_detection_defaults())
         if command.temperature is not None:
             self.temperature = command.temperature
-        if not hasattr(self, "_input"):
-            return  # the initial configuration: the buffer and the detector start from it
         if self.turn_detection != before["audio"]["input"]["turn_detection"]:
             self._commands.append(ConfigureTurnDetection(copy.deepcopy(self.turn_detection)))
             if self.turn_detection is None and self._speech_start_ms is not None:
@@ -516,6 +517,7 @@ class RealtimeSession:
             "content": [{"type": "input_audio", "transcript": None}],
         }
         self._add_item(StoredItem(item=item, audio=bytearray(audio), audio_format=self.input_format), None)
+        self.conversation.limit_audio(self.defaults.max_retained_audio_ms)
         self._transcribing.add(item_id)
         speculation, self._speculation = self._speculation, None
         if speculation is not None and speech_end_ms is not None and speculation.speech_end_ms == speech_end_ms:
@@ -589,8 +591,10 @@ class RealtimeSession:
 
     def on_transcription_delta(self, request_id: str, delta: str) -> None:
         item_id = self._transcription_requests.get(request_id)
-        if delta and item_id is not None and self._transcription_events:
-            self._emit(ServerEvent.INPUT_TRANSCRIPTION_DELTA, item_id=item_id, content_index=0, delta=delta)
+        stored = self.conversation.get(item_id) if item_id is not None else None
+        if delta and stored is not None and self._transcription_events:
+            index = _audio_part_index(stored.item)
+            self._emit(ServerEvent.INPUT_TRANSCRIPTION_DELTA, item_id=item_id, content_index=index, delta=delta)
 
     def on_transcription_completed(self, request_id: str, transcript: str) -> None:
         self._transcription_done(request_id, transcript, None)
@@ -608,21 +612,24 @@ class RealtimeSession:
             return  # a speculation the speaker talked past
         self._transcribing.discard(item_id)
         stored = self.conversation.get(item_id)
+        content_index = _audio_part_index(stored.item) if stored is not None else 0
         if transcript is not None:
             if stored is not None:
-                stored.item["content"][0]["transcript"] = transcript
+                stored.item["content"][content_index]["transcript"] = transcript
             if self._transcription_events:
                 seconds = stored.audio_ms / 1000 if stored is not None else 0.0
                 self._emit(
                     ServerEvent.INPUT_TRANSCRIPTION_COMPLETED,
                     item_id=item_id,
-                    content_index=0,
+                    content_index=content_index,
                     transcript=transcript,
                     usage={"type": "duration", "seconds": round(seconds, 3)},
                 )
         elif failure is not None and self._transcription_events:
             error = {"type": "transcription_error", "code": failure.code, "message": failure.message, "param": None}
-            self._emit(ServerEvent.INPUT_TRANSCRIPTION_FAILED, item_id=item_id, content_index=0, error=error)
+            self._emit(
+                ServerEvent.INPUT_TRANSCRIPTION_FAILED, item_id=item_id, content_index=content_index, error=error
+            )
         self._release_held_responses()
 
     @property
@@ -656,14 +663,23 @@ class RealtimeSession:
                 event_id=event_id,
             )
         audio = bytearray()
+        untranscribed = False
         for index, part in enumerate(item.get("content", [])):
             if part["type"] == "input_audio" and part.get("audio") is not None:
                 try:
                     audio = bytearray(decode_base64(part.pop("audio")))
+                    format_to_pcm(bytes(audio), self.input_format)
                 except InvalidAudio as exc:
                     raise ProtocolError(str(exc), param=f"item.content[{index}].audio", event_id=event_id) from None
+                untranscribed = part.get("transcript") is None
         item = {"id": item_id, "object": "realtime.item", **item}
         self._add_item(StoredItem(item=item, audio=audio, audio_format=self.input_format), previous)
+        if untranscribed and audio:
+            # Audio the client recorded itself: transcribed like a committed turn, so that the LLM hears it.
+            request_id = new_id("stt")
+            self._transcribing.add(item_id)
+            self._transcription_requests[request_id] = item_id
+            self._commands.append(self._transcribe(request_id, bytes(audio)))
 
     def _add_item(self, stored: StoredItem, after: str | None) -> None:
         previous = self.conversation.add(stored, after)
@@ -693,9 +709,12 @@ class RealtimeSession:
         part = content[command.content_index]
         heard = heard_text(stored.spoken, total_ms, command.audio_end_ms)
         part["transcript"] = heard
-        keep = int(command.audio_end_ms * stored.audio_format.bytes_per_ms)
-        keep -= keep % (2 if stored.audio_format is AudioFormat.PCM16 else 1)
-        del stored.audio[keep:]
+        if stored.released_ms:
+            stored.released_ms = command.audio_end_ms  # the bytes are gone already; only the length changes
+        else:
+            keep = int(command.audio_end_ms * stored.audio_format.bytes_per_ms)
+            keep -= keep % (2 if stored.audio_format is AudioFormat.PCM16 else 1)
+            del stored.audio[keep:]
         stored.spoken = [SpokenSegment(0.0, heard)]
         for response in self._responses.values():
             if response.message is not None and response.message.stored is stored:
@@ -1103,6 +1122,7 @@ class RealtimeSession:
         del self._responses[response.id]
         if self._in_band_id == response.id:
             self._in_band_id = None
+        self.conversation.limit_audio(self.defaults.max_retained_audio_ms)
         self._emit(ServerEvent.RESPONSE_DONE, response=self._response_object(response))
         if response.in_band:
             self._arm_idle_timeout(response)

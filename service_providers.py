@@ -36,6 +36,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.text.base_text_aggregator import Aggregation, TextType
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
+from pipecat.utils.text.transforms.strip_markdown import strip_markdown
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
 import local_models
@@ -52,6 +53,7 @@ from pipeline_frames import (
 )
 from protocol import ProviderFailure, Usage
 from realtime_session import RunResponse, Transcribe
+from tool_calls import FilterOutput, TextToolCallFilter
 from turn_detection import TurnModels
 
 
@@ -320,6 +322,7 @@ class ChatLLMProcessor(FrameProcessor):
     def __init__(self, client: ChatClient) -> None:
         super().__init__(name=f"llm-{client.name}")
         self._client = client
+        self._message_started = False
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -345,23 +348,30 @@ class ChatLLMProcessor(FrameProcessor):
                 error_type="invalid_request_error",
             )
         else:
-            message_started = False
+            self._message_started = False
+            text_calls = None
+            if run.tools and run.tool_choice != "none":
+                text_calls = TextToolCallFilter({tool["function"]["name"] for tool in run.tools})
             try:
                 async for chunk in self._client.stream(run):
                     if chunk.text:
-                        if not message_started:
-                            message_started = True
-                            await self.push_frame(ResponseMessageStartFrame(response_id))
-                        if audio:
-                            await self.push_frame(LLMTextFrame(chunk.text))
+                        if text_calls is None:
+                            await self._push_text(response_id, chunk.text, audio)
                         else:
-                            await self.push_frame(ResponseTextFrame(response_id, chunk.text))
+                            await self._push_filtered(response_id, text_calls.feed(chunk.text), audio)
                     for call in chunk.tool_calls:
-                        await self.push_frame(
-                            ResponseToolCallFrame(response_id, call.index, call.call_id, call.name, call.arguments)
+                        frame = ResponseToolCallFrame(
+                            response_id=response_id,
+                            index=call.index,
+                            call_id=call.call_id,
+                            tool_name=call.name,
+                            arguments=call.arguments,
                         )
+                        await self.push_frame(frame)
                     usage = chunk.usage or usage
                     finish_reason = chunk.finish_reason or finish_reason
+                if text_calls is not None:
+                    await self._push_filtered(response_id, text_calls.finish(), audio)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -369,6 +379,32 @@ class ChatLLMProcessor(FrameProcessor):
         if audio:
             await self.push_frame(LLMFullResponseEndFrame())
         await self.push_frame(ResponseEndFrame(response_id, usage, finish_reason, failure))
+
+    async def _push_text(self, response_id: str, text: str, audio: bool) -> None:
+        if not self._message_started:
+            self._message_started = True
+            await self.push_frame(ResponseMessageStartFrame(response_id))
+        if audio:
+            await self.push_frame(LLMTextFrame(text))
+        else:
+            await self.push_frame(ResponseTextFrame(response_id, text))
+
+    async def _push_filtered(self, response_id: str, output: FilterOutput, audio: bool) -> None:
+        if output.text:
+            await self._push_text(response_id, output.text, audio)
+        for index, call in enumerate(output.calls or []):
+            # Indices of their own, apart from the provider's structured calls.
+            frame = ResponseToolCallFrame(
+                response_id=response_id,
+                index=TEXT_CALL_INDEX + index,
+                call_id=call.call_id,
+                tool_name=call.name,
+                arguments=call.arguments,
+            )
+            await self.push_frame(frame)
+
+
+TEXT_CALL_INDEX = 1_000_000
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -645,7 +681,12 @@ class PiperTtsProvider:
     def create(self) -> TTSService:
         if self._piper is None:
             raise RuntimeError("the Piper voice is not loaded")
-        return SharedPiperTTS(self._piper, sample_rate=24_000, max_consecutive_zero_audio_contexts=0)
+        return SharedPiperTTS(
+            self._piper,
+            sample_rate=24_000,
+            max_consecutive_zero_audio_contexts=0,
+            text_transforms=[("*", strip_markdown)],  # models write markdown although told not to; never say it
+        )
 
     def voice_for(self, requested: str) -> str:
         """OpenAI voice names and unknown strings map to the loaded voice; a speaker of a multi-speaker voice
@@ -677,6 +718,7 @@ class OpenAITtsProvider:
         if self._http is None:
             self._http = _http_client(self.timeout_s)
         return RealtimeOpenAITTS(
+            text_transforms=[("*", strip_markdown)],
             api_key=self.api_key or "no-key",
             base_url=self.base_url,
             http_client=self._http,

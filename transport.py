@@ -106,7 +106,7 @@ class RealtimeOutputProcessor(FrameProcessor):
             session.on_message_started(frame.response_id)
             await self._port.pump()
         elif isinstance(frame, ResponseToolCallFrame):
-            session.on_tool_call(frame.response_id, frame.index, frame.call_id, frame.name, frame.arguments)
+            session.on_tool_call(frame.response_id, frame.index, frame.call_id, frame.tool_name, frame.arguments)
             await self._port.pump()
         elif isinstance(frame, ResponseEndFrame):
             if frame.failure is not None:

@@ -2,7 +2,9 @@
 
 Both models are the ONNX files bundled in the `pipecat-ai` wheel. Each is loaded once per process: Silero keeps
 its recurrent state in the inputs and outputs of the model, so one onnxruntime session serves every stream, each
-stream carrying its own state (a few hundred bytes instead of ~10 MB per analyzer).
+stream carrying its own state (a few hundred bytes instead of ~10 MB per analyzer). The windows of all sessions are
+scored together (`SileroBatcher`): one thread hop and one onnxruntime call per batch, instead of one per audio chunk
+of each session, which cost more than the inference itself.
 
 `TurnDetector` is one session's detector: it is fed PCM16 mono 16 kHz audio and returns turn events whose positions
 are milliseconds of audio received (not wall-clock time), so they are exact however the audio was paced.
@@ -65,31 +67,69 @@ class SileroModel:
         self._session = onnxruntime.InferenceSession(path, _session_options(), providers=["CPUExecutionProvider"])
         self._sample_rate = np.array(SAMPLE_RATE, dtype=np.int64)
 
-    def new_stream(self) -> SileroStream:
-        return SileroStream(self)
-
-    def run(self, window: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
-        output, new_state = self._session.run(None, {"input": window, "state": state, "sr": self._sample_rate})
-        return float(output[0][0]), new_state
+    def run(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores a batch: `samples` [batch, context + 512], `states` [2, batch, 128] → probabilities, new states."""
+        output, new_states = self._session.run(None, {"input": samples, "state": states, "sr": self._sample_rate})
+        return np.asarray(output).reshape(-1), new_states
 
 
 class SileroStream:
     """One audio stream's Silero state: the recurrent state and the last samples of the previous window."""
 
-    def __init__(self, model: SileroModel) -> None:
-        self._model = model
+    def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self._state = np.zeros((2, 1, 128), dtype=np.float32)
-        self._context = np.zeros((1, _CONTEXT_SAMPLES), dtype=np.float32)
+        self.state = np.zeros((2, 1, 128), dtype=np.float32)
+        self.context = np.zeros((1, _CONTEXT_SAMPLES), dtype=np.float32)
 
-    def confidence(self, window: np.ndarray) -> float:
-        """Speech probability of one 512-sample float32 window."""
-        samples = np.concatenate((self._context, window.reshape(1, -1)), axis=1)
-        probability, self._state = self._model.run(samples, self._state)
-        self._context = samples[:, -_CONTEXT_SAMPLES:]
-        return probability
+
+class SileroBatcher:
+    """Scores the windows of every stream in batches, in the shared thread pool.
+
+    Windows that arrive while a batch runs wait for the next one, so under load a batch holds one window from each
+    busy session; with a single session each window is its own batch."""
+
+    MAX_BATCH = 128
+
+    def __init__(self, model: SileroModel, executor: ThreadPoolExecutor) -> None:
+        self._model = model
+        self._executor = executor
+        self._waiting: list[tuple[SileroStream, np.ndarray, asyncio.Future[float]]] = []
+        self._running = False
+
+    async def confidence(self, stream: SileroStream, window: np.ndarray) -> float:
+        """Speech probability of one 512-sample float32 window of `stream` (whose state it advances)."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting.append((stream, window, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self.MAX_BATCH], self._waiting[self.MAX_BATCH :]
+                samples = np.concatenate([np.concatenate((s.context, w.reshape(1, -1)), axis=1) for s, w, _ in batch])
+                states = np.concatenate([s.state for s, _, _ in batch], axis=1)
+                try:
+                    probabilities, new_states = await loop.run_in_executor(
+                        self._executor, self._model.run, samples, states
+                    )
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for index, (stream, _, future) in enumerate(batch):
+                    stream.state = new_states[:, index : index + 1]
+                    stream.context = samples[index : index + 1, -_CONTEXT_SAMPLES:]
+                    if not future.done():
+                        future.set_result(float(probabilities[index]))
+        finally:
+            self._running = False
 
 
 class SmartTurnModel:
@@ -119,10 +159,12 @@ class TurnModels:
         self.silero = SileroModel()
         self.smart_turn = SmartTurnModel()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turn-detection")
+        self.batcher = SileroBatcher(self.silero, self.executor)
 
     def warm_up(self) -> None:
-        stream = self.silero.new_stream()
-        stream.confidence(np.zeros(WINDOW_SAMPLES, dtype=np.float32))
+        stream = SileroStream()
+        samples = np.concatenate((stream.context, np.zeros((1, WINDOW_SAMPLES), dtype=np.float32)), axis=1)
+        self.silero.run(samples, stream.state)
         self.smart_turn.completion_probability(np.zeros(SAMPLE_RATE, dtype=np.float32))
 
     def close(self) -> None:
@@ -178,7 +220,7 @@ class TurnDetector:
 
     def __init__(self, models: TurnModels, settings: TurnSettings | None) -> None:
         self._models = models
-        self._stream = models.silero.new_stream()
+        self._stream = SileroStream()
         self._settings = settings
         self._pending = np.zeros(0, dtype=np.float32)
         self._samples = 0  # samples analysed so far: the clock
@@ -211,24 +253,25 @@ class TurnDetector:
         self._end_turn()
         self._stream.reset()
 
-    def feed(self, pcm: bytes) -> list[TurnEvent]:
+    async def feed(self, pcm: bytes) -> list[TurnEvent]:
+        """Analyses the audio; calls for one stream must not overlap (the Pipecat stage awaits each in turn)."""
         samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
         self._pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         events: list[TurnEvent] = []
         while len(self._pending) >= WINDOW_SAMPLES:
             window, self._pending = self._pending[:WINDOW_SAMPLES], self._pending[WINDOW_SAMPLES:]
-            event = self._analyse(window)
+            event = await self._analyse(window)
             self._samples += WINDOW_SAMPLES
             if event is not None:
                 events.append(event)
         return events
 
-    def _analyse(self, window: np.ndarray) -> TurnEvent | None:
+    async def _analyse(self, window: np.ndarray) -> TurnEvent | None:
         settings = self._settings
         if settings is None:
             return None
         start_ms = self._samples * 1000 / SAMPLE_RATE
-        confidence = self._stream.confidence(window)
+        confidence = await self._models.batcher.confidence(self._stream, window)
         self._maybe_reset_model(confidence)
         speech = confidence >= settings.threshold
         if not self._speaking:
@@ -270,7 +313,10 @@ class TurnDetector:
         if silence_ms >= self._next_semantic_check_ms:
             self._next_semantic_check_ms = silence_ms + SEMANTIC_RECHECK_MS
             audio = np.concatenate(self._turn_audio[-(_SEMANTIC_AUDIO_S * SAMPLE_RATE // WINDOW_SAMPLES) :])
-            if self._models.smart_turn.completion_probability(audio) > 0.5:
+            probability = await asyncio.get_running_loop().run_in_executor(
+                self._models.executor, self._models.smart_turn.completion_probability, audio
+            )
+            if probability > 0.5:
                 return self._stop(end_ms)
         return None
 
@@ -333,8 +379,7 @@ class TurnDetectionProcessor(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame):
-            loop = asyncio.get_running_loop()
-            events = await loop.run_in_executor(self._models.executor, self._detector.feed, frame.audio)
+            events = await self._detector.feed(frame.audio)
             await self._port.on_turn_events(events, self._detector.position_ms)
         elif isinstance(frame, ConfigureTurnDetectionFrame):
             self._detector.configure(frame.settings)

@@ -378,3 +378,29 @@ async def test_semantic_vad_ends_the_turn(server: RunningServer, eagerness: str)
     waited = stopped["audio_end_ms"] - truth["end_ms"]
     limit = {"high": 2000, "auto": 4000}[eagerness]
     assert 0 < waited <= limit + TOLERANCE_MS, waited
+
+
+async def test_a_client_made_audio_item_is_transcribed_for_the_llm(server: RunningServer, fake: FakeOpenAI) -> None:
+    script(fake, transcription=[{"text": "Hello there."}])
+    async with connect(server.base_url) as client:
+        await client.until("conversation.created")
+        await update(client, {"audio": {"input": {"transcription": {"model": "whisper-1"}, "turn_detection": None}}})
+        audio = base64.b64encode(pcm24k("hello.wav")).decode()
+        await client.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Listen:"}, {"type": "input_audio", "audio": audio}],
+                },
+            }
+        )
+        await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        events = await client.until("response.done")
+    completed = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert (completed["content_index"], completed["transcript"]) == (1, "Hello there.")
+    assert fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"][-1] == {
+        "role": "user",
+        "content": "Listen:\nHello there.",
+    }

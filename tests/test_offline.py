@@ -175,3 +175,76 @@ def test_missing_model_files_stop_startup_with_a_clear_message(tmp_path: Path, e
     )
     assert result.returncode == 2
     assert named in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_local_llm_tool_call_is_recognised(offline_server: tuple[RunningServer, Path]) -> None:
+    """Qwen 0.5B writes its tool calls as JSON text; they surface as `function_call` items all the same."""
+    server, _ = offline_server
+    weather = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Get the current weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    async with connect(server.base_url) as client:
+        await client.until("conversation.created")
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "tools": [weather],
+                    "tool_choice": "required",
+                    "output_modalities": ["text"],
+                    "instructions": "You are an assistant that uses tools to answer.",
+                },
+            }
+        )
+        await client.until("session.updated")
+        await client.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "What is the weather in Paris right now?"}],
+                },
+            }
+        )
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done", timeout=60)
+    output = events[-1]["response"]["output"]
+    calls = [item for item in output if item["type"] == "function_call"]
+    assert calls, output
+    assert calls[0]["name"] == "get_weather"
+    assert "paris" in calls[0]["arguments"].lower()
+    assert any(event["type"] == "response.function_call_arguments.done" for event in events)
+
+
+async def test_image_to_a_provider_without_vision_is_a_clear_error(offline_server: tuple[RunningServer, Path]) -> None:
+    server, _ = offline_server
+    image = "data:image/png;base64,iVBORw0KGgo="
+    async with connect(server.base_url) as client:
+        await client.until("conversation.created")
+        await client.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "Describe this."},
+                        {"type": "input_image", "image_url": image},
+                    ],
+                },
+            }
+        )
+        item = (await client.until("conversation.item.done"))[-1]["item"]
+        await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        events = await client.until("response.done", timeout=30)
+        error = next(event for event in events if event["type"] == "error")["error"]
+        assert error["code"] == "images_not_supported" and "local" in error["message"]
+        assert events[-1]["response"]["status"] == "failed"
+        await client.send({"type": "conversation.item.retrieve", "item_id": item["id"]})
+        retrieved = await client.expect("conversation.item.retrieved")
+        assert retrieved["item"]["content"][1]["type"] == "input_image"  # the item stays

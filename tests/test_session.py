@@ -335,3 +335,25 @@ def test_transcription_session_refuses_responses() -> None:
     assert created[0]["session"]["type"] == "transcription"
     events = send(session, {"type": "response.create", "event_id": "e"})
     assert names(events) == ["error"] and events[0]["error"]["event_id"] == "e"
+
+
+def test_old_audio_is_released_but_truncation_still_works() -> None:
+    session = RealtimeSession(SessionDefaults(max_retained_audio_ms=1500), "ga")
+    session.open()
+    ids = []
+    for _ in range(3):
+        response_id = start_response(session)
+        session.on_transcript(response_id, "Some words here.")
+        session.on_audio(response_id, b"\x01\x00" * 24_000)  # 1 s each
+        session.on_response_done(response_id, None, "stop")
+        ids.append(next(e for e in drain(session) if e["type"] == "response.done")["response"]["output"][0]["id"])
+    oldest, middle, newest = (session.conversation.get(item_id) for item_id in ids)
+    assert oldest.audio == bytearray() and middle.audio == bytearray() and len(newest.audio) == 48_000
+    assert oldest.audio_ms == 1000  # its length is still known
+    retrieved = send(session, {"type": "conversation.item.retrieve", "item_id": ids[0]})[0]["item"]
+    assert "audio" not in retrieved["content"][0]
+    events = send(
+        session, {"type": "conversation.item.truncate", "item_id": ids[0], "content_index": 0, "audio_end_ms": 500}
+    )
+    assert [e["type"] for e in events] == ["conversation.item.truncated"]
+    assert oldest.audio_ms == 500 and oldest.item["content"][0]["transcript"] == "Some"
