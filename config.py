@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SttProvider = Literal["local_whisper", "openai_whisper"]
-LlmProvider = Literal["local", "openai", "ollama"]
-TtsProvider = Literal["piper", "openai_tts"]
+SttProvider = Literal["local_whisper", "openai_whisper", "deepgram", "siliconflow"]
+LlmProvider = Literal["local", "openai", "ollama", "siliconflow"]
+TtsProvider = Literal["piper", "openai_tts", "edge_tts", "elevenlabs", "siliconflow"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, friendly voice assistant. Your replies are spoken aloud, so keep them short and "
@@ -67,6 +67,34 @@ class Settings(BaseSettings):
     ollama_base_url: str = "http://localhost:11434/v1"
     ollama_model: str = "llama3.2"
 
+    # Third-party providers (cloud_providers.py); each key is needed only when its provider is chosen.
+    # Deepgram speech-to-text (STT_PROVIDER=deepgram): the streaming WebSocket, one connection per committed turn
+    deepgram_api_key: SecretStr | None = None
+    deepgram_model: str = "nova-2"
+    deepgram_language: str | None = Field(
+        None, description="e.g. zh-CN, en-US: used when the session sets no transcription language; empty: Deepgram's"
+    )
+    deepgram_base_url: str = Field("wss://api.deepgram.com", description="Deepgram's API (or a self-hosted one)")
+    # ElevenLabs text-to-speech (TTS_PROVIDER=elevenlabs): HTTP streaming, PCM 24 kHz
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_voice_id: str = Field("21m00Tcm4TlvDq8ikWAM", description="A voice id from the ElevenLabs voice library")
+    elevenlabs_model: str = "eleven_flash_v2_5"
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
+    # Edge TTS (TTS_PROVIDER=edge_tts): Microsoft Edge's read-aloud voices, no key
+    edge_tts_voice: str = "zh-CN-XiaoxiaoNeural"
+    edge_tts_url: str | None = Field(None, description="The read-aloud WebSocket URL; empty: Microsoft's")
+    # SiliconFlow (STT_PROVIDER, LLM_PROVIDER or TTS_PROVIDER=siliconflow): OpenAI-compatible endpoints
+    siliconflow_api_key: SecretStr | None = None
+    siliconflow_base_url: str = "https://api.siliconflow.cn/v1"
+    siliconflow_model: str = Field("Qwen/Qwen2.5-7B-Instruct", description="Chat model")
+    siliconflow_stt_model: str = "FunAudioLLM/SenseVoiceSmall"
+    siliconflow_tts_model: str = "FunAudioLLM/CosyVoice2-0.5B"
+    siliconflow_tts_voice: str = Field(
+        "alex",
+        description="A preset voice of the TTS model (alex, anna, bella, benjamin, charles, claire, david, diana) "
+        "or a full voice id (MODEL:name, or speech:… for your own voices)",
+    )
+
     # OpenAI text-to-speech
     openai_tts_api_key: SecretStr | None = Field(
         None, description="Key for the TTS endpoint; falls back to OPENAI_API_KEY."
@@ -96,12 +124,24 @@ class Settings(BaseSettings):
     vad_silence_duration_ms: int = Field(500, ge=0)
     vad_prefix_padding_ms: int = Field(300, ge=0)
 
+    # --- access -------------------------------------------------------------------------------------
+    realtime_api_keys: SecretStr = Field(
+        SecretStr(""), description="Comma-separated keys clients must present; empty: anyone may connect"
+    )
+    allowed_origins: str = Field("", description="Comma-separated browser origins allowed to connect; empty: any")
+
     # --- limits -------------------------------------------------------------------------------------
+    max_sessions: int = Field(100, ge=1, description="Concurrent sessions; more are refused at the handshake")
+    max_event_bytes: int = Field(
+        24 * 1024 * 1024, ge=1024, description="Largest client event (an append carries up to 15 MiB of audio)"
+    )
+    max_outgoing_events: int = Field(
+        10_000, ge=10, description="Events queued for a client that doesn't read before its session is closed"
+    )
     session_max_duration_s: int = Field(30 * 60, ge=1)
     max_retained_audio_s: int = Field(
         300, ge=0, description="Audio of past turns a session keeps for conversation.item.retrieve (the most recent)"
     )
-    ws_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
     @field_validator("openai_base_url", "ollama_base_url")
     @classmethod
@@ -112,6 +152,14 @@ class Settings(BaseSettings):
     def websocket_url(self) -> str:
         host = "localhost" if self.server_host in ("0.0.0.0", "::") else self.server_host
         return f"ws://{host}:{self.server_port}/v1/realtime"
+
+    @property
+    def api_keys(self) -> set[str]:
+        return {key.strip() for key in self.realtime_api_keys.get_secret_value().split(",") if key.strip()}
+
+    @property
+    def origins(self) -> set[str]:
+        return {origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()}
 
     def secret(self, name: str) -> str | None:
         value = getattr(self, name)

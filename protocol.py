@@ -29,6 +29,7 @@ JsonDict: TypeAlias = dict[str, Any]
 
 MAX_OUTPUT_TOKENS_LIMIT = 4096
 MIN_COMMIT_MS = 100
+MAX_APPEND_AUDIO_BYTES = 15 * 1024 * 1024  # what the API allows in one input_audio_buffer.append
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 
 
@@ -615,6 +616,58 @@ CLIENT_EVENT_MODELS: dict[Dialect, dict[str, type[_Event]]] = {
         ClientEvent.RESPONSE_CREATE: BetaResponseCreate,
     },
 }
+
+
+# ---- REST: ephemeral client secrets ------------------------------------------------------------------------
+
+
+class GaClientSecretRequest(_Wire):
+    expires_after: ClientSecretExpiry | None = None
+    session: GaSession | None = None
+
+
+@dataclass
+class SecretRequest:
+    """A request for an ephemeral client secret, whichever endpoint it came through."""
+
+    kind: SessionKind
+    patch: JsonDict  # the session configuration it carries, GA-shaped
+    temperature: float | None
+    ttl_s: int | None
+
+
+def parse_secret_request(
+    body: Any, endpoint: Literal["client_secrets", "sessions", "transcription_sessions"]
+) -> SecretRequest:
+    """Parses the body of `POST /v1/realtime/client_secrets` (GA), `/sessions` or `/transcription_sessions` (beta)."""
+    if not isinstance(body, dict):
+        raise ProtocolError(
+            f"Expected the request body to be a JSON object, but got {_json_type_name(body)} instead.",
+            code="invalid_request_body",
+        )
+    model: type[_Wire] = {
+        "client_secrets": GaClientSecretRequest,
+        "sessions": BetaSession,
+        "transcription_sessions": BetaTranscriptionSession,
+    }[endpoint]
+    try:
+        request = model.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc, body, None) from None
+    if isinstance(request, GaClientSecretRequest):
+        expiry = request.expires_after
+        session = request.session
+        if session is None:
+            return SecretRequest("realtime", {"type": "realtime"}, None, expiry.seconds if expiry else None)
+        return SecretRequest(session.type, _dump(session), None, expiry.seconds if expiry else None)
+    secret = request.client_secret  # type: ignore[union-attr]
+    expiry = (secret.expires_after or secret.expires_at) if secret is not None else None
+    ttl_s = expiry.seconds if expiry is not None else None
+    if isinstance(request, BetaSession):
+        update = _beta_session_update(request, None)
+    else:
+        update = _beta_transcription_update(request, None)  # type: ignore[arg-type]
+    return SecretRequest(update.kind, update.patch, update.temperature, ttl_s)
 
 
 # --------------------------------------------------------------------------------------------------------------

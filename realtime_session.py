@@ -29,6 +29,7 @@ from conversation import (
 )
 from input_audio import InputAudioBuffer, to_pipeline_pcm
 from protocol import (
+    MAX_APPEND_AUDIO_BYTES,
     MIN_COMMIT_MS,
     AudioAppend,
     AudioClear,
@@ -164,6 +165,7 @@ class _Speculation:
     transcript: str | None = None
     failure: ProviderFailure | None = None
     done: bool = False
+    deltas: list[str] = field(default_factory=list)  # streamed words, sent only if the speculation is adopted
 
 
 Command: TypeAlias = RunResponse | CancelResponse | FeedAudio | ConfigureTurnDetection | ResetTurnDetection | Transcribe
@@ -456,6 +458,12 @@ class RealtimeSession:
                 raise InvalidAudio("PCM16 audio must have an even number of bytes.")
         except InvalidAudio as exc:
             raise ProtocolError(str(exc), param="audio", event_id=command.event_id) from None
+        if len(audio) > MAX_APPEND_AUDIO_BYTES:
+            raise ProtocolError(
+                f"Invalid 'audio': {len(audio)} bytes of audio in one append; the most allowed is 15 MiB.",
+                param="audio",
+                event_id=command.event_id,
+            )
         if self._input.buffered_ms + self.input_format.duration_ms(len(audio)) > MAX_INPUT_BUFFER_MS:
             raise ProtocolError(
                 f"The input audio buffer is full ({MAX_INPUT_BUFFER_MS // 60000} minutes): commit or clear it.",
@@ -523,6 +531,8 @@ class RealtimeSession:
         if speculation is not None and speech_end_ms is not None and speculation.speech_end_ms == speech_end_ms:
             # The turn ended where the speaker paused: the transcription started then is this turn's.
             self._transcription_requests[speculation.request_id] = item_id
+            for delta in speculation.deltas:
+                self.on_transcription_delta(speculation.request_id, delta)
             if speculation.done:
                 self._transcription_done(speculation.request_id, speculation.transcript, speculation.failure)
             return item_id
@@ -590,6 +600,10 @@ class RealtimeSession:
                 self._respond_when_idle = True
 
     def on_transcription_delta(self, request_id: str, delta: str) -> None:
+        speculation = self._speculation
+        if speculation is not None and speculation.request_id == request_id:
+            speculation.deltas.append(delta)
+            return
         item_id = self._transcription_requests.get(request_id)
         stored = self.conversation.get(item_id) if item_id is not None else None
         if delta and stored is not None and self._transcription_events:
@@ -884,6 +898,12 @@ class RealtimeSession:
                 played_ms += stored.audio_ms
         self._idle_deadline_ms = self._input.clock_ms + played_ms + timeout_ms
 
+    def fail_all_responses(self, failure: ProviderFailure) -> None:
+        """Ends every response in progress as failed (the server is shutting down, say)."""
+        for response_id in list(self._responses):
+            self._commands.append(CancelResponse(response_id))
+            self.on_response_failed(response_id, failure)
+
     def _response_object(self, response: _Response) -> JsonDict:
         return {
             "object": "realtime.response",
@@ -908,31 +928,33 @@ class RealtimeSession:
             self._ensure_message(response)
 
     def on_text(self, response_id: str, text: str) -> None:
-        """A text delta of a text-modality response."""
-        response = self._responses.get(response_id)
-        if response is None or not text:
-            return
-        message = self._ensure_message(response)
-        message.text.append(text)
-        message.stored.item["content"][0]["text"] += text
-        self._emit(ServerEvent.RESPONSE_OUTPUT_TEXT_DELTA, **self._part_ids(response, message), delta=text)
+        """A text delta of a text-modality response (for an audio response: text that is spoken)."""
+        self._reply_text(response_id, text)
 
     def on_transcript(self, response_id: str, text: str) -> None:
         """Text about to be spoken by an audio-modality response (sent just ahead of its audio)."""
+        self._reply_text(response_id, text)
+
+    def _reply_text(self, response_id: str, text: str) -> None:
         response = self._responses.get(response_id)
         if response is None or not text:
             return
         message = self._ensure_message(response)
         message.text.append(text)
+        part = message.stored.item["content"][0]
+        if response.modality == "text":
+            part["text"] += text
+            self._emit(ServerEvent.RESPONSE_OUTPUT_TEXT_DELTA, **self._part_ids(response, message), delta=text)
+            return
         if not message.truncated:
             message.stored.spoken.append(SpokenSegment(message.stored.audio_ms, text))
-            message.stored.item["content"][0]["transcript"] += text
+            part["transcript"] += text
         self._emit(ServerEvent.RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DELTA, **self._part_ids(response, message), delta=text)
 
     def on_audio(self, response_id: str, pcm: bytes) -> None:
         """PCM16 mono 24 kHz audio of an audio-modality response."""
         response = self._responses.get(response_id)
-        if response is None or not pcm:
+        if response is None or not pcm or response.modality != "audio":
             return
         message = self._ensure_message(response)
         encoded = response.encoder.encode(pcm)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from loguru import logger
@@ -143,41 +144,101 @@ class RealtimeOutputProcessor(FrameProcessor):
         return f" {text}" if needs_space else text
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_outgoing_events: int = 10_000
+    max_event_bytes: int = 24 * 1024 * 1024
+    lifetime_s: float = 30 * 60
+
+
 class RealtimeConnection:
-    """One WebSocket connection: reads client events, writes server events, runs the session's pipeline."""
+    """One WebSocket connection: reads client events, writes server events, runs the session's pipeline.
+
+    The connection ends when the client leaves, or when the server ends it (`end`): its lifetime is over, it stopped
+    reading (its outgoing queue is full), or the server shuts down. Either way the pipeline stops with it."""
 
     def __init__(
-        self, websocket: WebSocket, session: RealtimeSession, providers: Providers, max_outgoing: int = 10_000
+        self,
+        websocket: WebSocket,
+        session: RealtimeSession,
+        providers: Providers,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.websocket = websocket
         self.session = session
+        self.limits = limits or ConnectionLimits()
         self._providers = providers
-        self._outgoing: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max_outgoing)
-        self._closing = False
-        self._abort_task: asyncio.Task[None] | None = None
+        self._outgoing: asyncio.Queue[str | None] = asyncio.Queue(maxsize=self.limits.max_outgoing_events)
+        self._closing = False  # no more events are queued for the client
+        self._ended = False
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._end_tasks: set[asyncio.Task[None]] = set()
         self.close_reason = "client closed"
         self.pipeline = PipelineManager(providers, self, RealtimeInputProcessor(self), RealtimeOutputProcessor(self))
 
     async def run(self) -> None:
-        """Serves the connection until the client leaves or the connection fails; the pipeline never outlives it."""
+        """Serves the connection until it ends; the pipeline never outlives it."""
         started = time.monotonic()
-        writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.session.id}")
+        writer = self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.session.id}")
+        expiry: asyncio.Task[None] | None = None
         try:
             await self.pipeline.start()
             self.session.open()
             await self.pump()
-            await self._read_loop()
+            self._reader = asyncio.create_task(self._read_loop(), name=f"reader-{self.session.id}")
+            expiry = asyncio.create_task(self._expire(), name=f"expiry-{self.session.id}")
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader  # cancelled by `end`; a cancellation of `run` itself propagates below
+            if self._reader.cancelled() and not self._ended:
+                raise asyncio.CancelledError
         except Exception:
             logger.exception(f"Session {self.session.id} failed")
             self.close_reason = "server error"
         finally:
             self._closing = True
+            for task in (expiry, self._reader):
+                if task is not None:
+                    task.cancel()
             await self.pipeline.stop()
             await self._stop_writer(writer)
-            await self._close_socket()
+            await self._close_socket(1011 if self.close_reason == "server error" else 1000)
+            await asyncio.gather(*self._end_tasks, return_exceptions=True)
             logger.info(
                 f"Session {self.session.id} closed after {time.monotonic() - started:.1f}s: {self.close_reason}"
             )
+
+    async def end(self, code: int, reason: str, final_events: list[JsonDict] | None = None) -> None:
+        """Ends the connection from the server side: the final events go out, then the close frame."""
+        if self._ended:
+            return
+        self._ended = True
+        self.close_reason = reason
+        for event in final_events or []:
+            self._send(event)
+        self._closing = True
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._outgoing.put_nowait(None)  # the writer sends what is queued, then stops
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout=1.0)
+        await self._close_socket(code)
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def shutdown(self) -> None:
+        """The server is stopping: responses in progress fail with an error saying so, and the socket closes 1001."""
+        self.session.fail_all_responses(
+            ProviderFailure("server_shutting_down", "The server is shutting down; reconnect to continue.")
+        )
+        await self.pump()
+        await self.end(1001, "server shutting down", self.session.take_events())
+
+    async def _expire(self) -> None:
+        await asyncio.sleep(self.limits.lifetime_s)
+        minutes = self.limits.lifetime_s / 60
+        error = ProtocolError(f"Your session hit the maximum duration of {minutes:g} minutes.", code="session_expired")
+        await self.end(1000, "session expired", [error.to_event()])
 
     async def _read_loop(self) -> None:
         while True:
@@ -189,13 +250,24 @@ class RealtimeConnection:
                 return
             text = message.get("text")
             data = text if text is not None else (message.get("bytes") or b"")
-            try:
-                self.session.receive(data)
-            except Exception:
-                logger.exception(f"Session {self.session.id}: unexpected error handling a client event")
+            if len(data) > self.limits.max_event_bytes:
                 self.session.report_error(
-                    ProtocolError("The server failed to handle the event.", code="server_error", type="server_error")
+                    ProtocolError(
+                        f"The event is {len(data)} bytes; the largest this server accepts is "
+                        f"{self.limits.max_event_bytes} bytes (15 MiB of audio per append).",
+                        code="event_too_large",
+                    )
                 )
+            else:
+                try:
+                    self.session.receive(data)
+                except Exception:
+                    logger.exception(f"Session {self.session.id}: unexpected error handling a client event")
+                    self.session.report_error(
+                        ProtocolError(
+                            "The server failed to handle the event.", code="server_error", type="server_error"
+                        )
+                    )
             await self.pump()
 
     async def pump(self) -> None:
@@ -211,11 +283,11 @@ class RealtimeConnection:
         try:
             self._outgoing.put_nowait(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
         except asyncio.QueueFull:
-            # The client stopped reading: end the connection rather than buffer without bound. Closing the socket
-            # also ends the read loop, which then stops the pipeline.
+            # The client stopped reading: end the connection rather than buffer without bound.
             self._closing = True
-            self.close_reason = "client stopped reading (outgoing queue full)"
-            self._abort_task = asyncio.create_task(self._close_socket(code=1008))
+            task = asyncio.create_task(self.end(1008, "client stopped reading (outgoing queue full)"))
+            self._end_tasks.add(task)
+            task.add_done_callback(self._end_tasks.discard)
 
     async def _write_loop(self) -> None:
         while True:
@@ -239,8 +311,9 @@ class RealtimeConnection:
 
     async def _close_socket(self, code: int = 1000) -> None:
         if self.websocket.client_state == WebSocketState.CONNECTED:
+            # Bounded: a client that stopped reading may never take the close frame either.
             with contextlib.suppress(Exception):
-                await self.websocket.close(code=code)
+                await asyncio.wait_for(self.websocket.close(code=code), timeout=2.0)
 
     # ---- SessionPort -------------------------------------------------------------------------------------------
 

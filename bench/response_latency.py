@@ -132,7 +132,9 @@ def start_fake(port: int, workdir: Path, root: Path = ROOT) -> Process:
     return fake
 
 
-def start_server(port: int, fake_port: int, workdir: Path, root: Path = ROOT) -> Process:
+def start_server(
+    port: int, fake_port: int, workdir: Path, root: Path = ROOT, extra_env: dict[str, str] | None = None
+) -> Process:
     prefixes = ("OPENAI_", "STT_", "LLM_", "TTS_")
     env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
     env.update(
@@ -145,6 +147,7 @@ def start_server(port: int, fake_port: int, workdir: Path, root: Path = ROOT) ->
             "OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
             "OPENAI_API_KEY": "sk-bench",
             "LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
         }
     )
     server = spawn("server", [sys.executable, str(root / "main.py")], workdir, env, workdir)

@@ -11,11 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.fakes.openai_fake import FakeOpenAI
+
+if TYPE_CHECKING:
+    from tests.in_process import InProcessServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,3 +154,12 @@ def script(
 def fake_requests(fake: FakeOpenAI, path: str | None = None) -> list[dict]:
     requests = httpx.get(f"http://127.0.0.1:{fake.port}/_fake/requests").json()
     return [request for request in requests if path is None or request["path"] == path]
+
+
+@pytest.fixture
+def in_process(fake: FakeOpenAI) -> Iterator[InProcessServer]:
+    """The app served in this process (a thread with its own loop), to count its tasks and measure its memory."""
+    from tests.in_process import InProcessServer, in_process_settings
+
+    with InProcessServer(in_process_settings(fake)) as running:
+        yield running

@@ -6,19 +6,16 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 
-from config import Settings
-from main import create_app, parse_handshake
+from main import parse_handshake
 from tests.conftest import ROOT, RunningServer, free_port, script
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.in_process import InProcessServer
 from tests.realtime_client import connect, validate_server_event
 
 
@@ -121,62 +118,6 @@ def test_missing_key_stops_startup(tmp_path) -> None:
     assert result.returncode == 2
     assert "needs OPENAI_API_KEY" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-# ---- an in-process server, to count its asyncio tasks ---------------------------------------------------------
-
-
-class InProcessServer:
-    def __init__(self, settings: Settings) -> None:
-        self.port = settings.server_port
-        self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.server.serve(),), daemon=True)
-
-    def __enter__(self) -> InProcessServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.server.started and self.health()["status"] == "healthy":
-                return self
-            time.sleep(0.05)
-        raise RuntimeError("the in-process server did not become healthy")
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def task_count(self) -> int:
-        async def count() -> int:
-            return len(asyncio.all_tasks())
-
-        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(5)
-
-    def health(self) -> dict:
-        return httpx.get(f"{self.base_url}/health").json()
-
-
-@pytest.fixture
-def in_process(fake: FakeOpenAI) -> Iterator[InProcessServer]:
-    settings = Settings(
-        _env_file=None,
-        server_port=free_port(),
-        openai_base_url=fake.base_url,
-        openai_api_key="sk-x",
-        stt_provider="openai_whisper",
-        llm_provider="openai",
-        tts_provider="openai_tts",
-        llm_timeout_s=5,
-        tts_timeout_s=5,
-    )
-    with InProcessServer(settings) as server:
-        yield server
 
 
 async def wait_for(condition, timeout: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from conversation import SpokenSegment, chat_messages, heard_text
 from protocol import ProviderFailure, Usage
-from realtime_session import CancelResponse, RealtimeSession, RunResponse, SessionDefaults, merge_session
+from realtime_session import CancelResponse, RealtimeSession, RunResponse, SessionDefaults, Transcribe, merge_session
 from tests.realtime_client import validate_server_event
 
 
@@ -357,3 +358,38 @@ def test_old_audio_is_released_but_truncation_still_works() -> None:
     )
     assert [e["type"] for e in events] == ["conversation.item.truncated"]
     assert oldest.audio_ms == 500 and oldest.item["content"][0]["transcript"] == "Some"
+
+
+def test_speculative_transcription_deltas_are_sent_only_when_adopted() -> None:
+    session = make_session()
+    send(
+        session,
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}},
+        },
+    )
+    send(session, {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x00\x00" * 24_000).decode()})
+    session.take_commands()
+    session.on_speech_started(100)
+    # First pause: the speaker goes on, so its words are never sent.
+    session.on_speech_paused(400)
+    talked_past = next(c for c in session.take_commands() if isinstance(c, Transcribe)).request_id
+    session.on_transcription_delta(talked_past, "Hello")
+    session.on_speech_paused(800)
+    adopted = next(c for c in session.take_commands() if isinstance(c, Transcribe)).request_id
+    session.on_transcription_delta(talked_past, " there")
+    session.on_transcription_completed(talked_past, "Hello there")
+    session.on_transcription_delta(adopted, "Hello")
+    assert names(drain(session)) == ["input_audio_buffer.speech_started"]
+    session.on_speech_stopped(1000, 800)
+    session.on_transcription_delta(adopted, " world")
+    session.on_transcription_completed(adopted, "Hello world")
+    events = drain(session)
+    transcription = [e for e in events if e["type"].startswith("conversation.item.input_audio_transcription")]
+    assert [(e["type"].rsplit(".", 1)[1], e.get("delta") or e.get("transcript")) for e in transcription] == [
+        ("delta", "Hello"),
+        ("delta", " world"),
+        ("completed", "Hello world"),
+    ]
+    assert not [c for c in session.take_commands() if isinstance(c, Transcribe)]  # no second transcription
