@@ -827,6 +827,10 @@ def _create_stt(settings: Settings) -> Transcriber:
         return OpenAITranscriber("openai_whisper", base_url, api_key, settings.openai_stt_model, settings.stt_timeout_s)
     if provider == "local_whisper":
         return LocalWhisperTranscriber(settings)
+    if provider in ("deepgram", "siliconflow"):
+        import cloud_providers  # imports this module: imported here, when chosen
+
+        return cloud_providers.create_stt(settings)
     raise ConfigurationError(f"STT_PROVIDER={provider} is not available in this build.")
 
 
@@ -854,6 +858,10 @@ def _create_llm(settings: Settings) -> ChatClient:
         )
     if provider == "local":
         return LocalChat(settings)
+    if provider == "siliconflow":
+        import cloud_providers  # imports this module: imported here, when chosen
+
+        return cloud_providers.create_llm(settings)
     raise ConfigurationError(f"LLM_PROVIDER={provider} is not available in this build.")
 
 
@@ -878,4 +886,8 @@ def _create_tts(settings: Settings) -> TtsProvider:
         )
     if provider == "piper":
         return PiperTtsProvider(settings)
+    if provider in ("edge_tts", "elevenlabs", "siliconflow"):
+        import cloud_providers  # imports this module: imported here, when chosen
+
+        return cloud_providers.create_tts(settings)
     raise ConfigurationError(f"TTS_PROVIDER={provider} is not available in this build.")

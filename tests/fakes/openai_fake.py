@@ -24,7 +24,6 @@ import asyncio
 import io
 import json
 import math
-import threading
 import time
 import wave
 from collections import deque
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+
+from tests.fakes.loopback import BackgroundLoop
 
 SAMPLE_RATE = 24_000
 
@@ -63,9 +64,8 @@ class FakeOpenAI:
         self.transcription_script: deque[dict[str, Any]] = deque()
         self.requests: list[dict[str, Any]] = []
         self.port: int = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._background = BackgroundLoop("fake-openai")
 
     # ---- app ---------------------------------------------------------------------------------------------
 
@@ -253,23 +253,11 @@ class FakeOpenAI:
             await self._runner.cleanup()
 
     def start_in_thread(self) -> FakeOpenAI:
-        ready = threading.Event()
-
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.start())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, name="fake-openai", daemon=True)
-        self._thread.start()
-        ready.wait(10)
+        self._background.start(self.start)
         return self
 
     def stop_thread(self) -> None:
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(5)
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._background.stop(self.stop)
 
     @property
     def base_url(self) -> str:

@@ -1,0 +1,122 @@
+"""What the third-party fakes share: an aiohttp app on 127.0.0.1 in a thread of its own, a script of steps and a log.
+
+Tests run in another thread (pytest's) than the fake's event loop: they queue steps with `script(...)` and read
+`requests`, both plain containers whose single appends and pops are atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+
+def tone(duration_s: float, sample_rate: int = 24_000, frequency: float = 330.0) -> bytes:
+    """A quiet sine tone, PCM16 mono (recognisable, not silence)."""
+    samples = np.arange(int(duration_s * sample_rate))
+    wave = 0.2 * np.sin(2 * math.pi * frequency * samples / sample_rate)
+    return (wave * 32767).astype(np.int16).tobytes()
+
+
+class BackgroundLoop:
+    """An event loop on a daemon thread, for a fake server that synchronous test code starts and stops."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, startup: Callable[[], Awaitable[None]]) -> None:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = self.loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(startup())
+            except BaseException as exc:  # reported to the starting thread
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            # Handlers still waiting (a scripted hang, a stream the server dropped) end here, not at exit.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=5))
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name=self.name, daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError(f"{self.name} did not start")
+        if failure:
+            raise failure[0]
+
+    def stop(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        loop, thread = self.loop, self._thread
+        if loop is None or thread is None or loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+class LoopbackFake:
+    """A fake provider: subclasses add routes in `routes()`; `next_step()` takes the next scripted behaviour."""
+
+    def __init__(self) -> None:
+        self.steps: deque[dict[str, Any]] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._background = BackgroundLoop(type(self).__name__)
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def script(self, *steps: dict[str, Any]) -> None:
+        self.steps.extend(steps)
+
+    def reset(self) -> None:
+        self.steps.clear()
+        self.requests.clear()
+
+    def next_step(self) -> dict[str, Any]:
+        try:
+            return self.steps.popleft()
+        except IndexError:
+            return {}
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.routes(app)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def start_in_thread(self) -> LoopbackFake:
+        self._background.start(self.start)
+        return self
+
+    async def _cleanup(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def stop_thread(self) -> None:
+        self._background.stop(self._cleanup)
