@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from response_latency import ROOT, CpuMeter, free_port, machine, percentile, start_fake, start_server
+from response_latency import ROOT, CpuMeter, free_port, machine, percentile, rss_mb, start_fake, start_server
 from websockets.asyncio.client import ClientConnection, connect
 
 RESULTS_PATH = ROOT / "bench" / "results" / "session_capacity.json"
@@ -57,13 +57,6 @@ class Step:
     server_rss_mb: float
     server_cpu_cores: float
     passed: bool
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def open_session(url: str) -> tuple[ClientConnection, float]:

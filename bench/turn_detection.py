@@ -67,6 +67,7 @@ from response_latency import (
     machine,
     percentile,
     process_cpu_s,
+    rss_mb,
     start_fake,
     start_server,
     system_busy_s,
@@ -509,13 +510,6 @@ def lag_table(results: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # 3. Capacity and memory
 # --------------------------------------------------------------------------------------------------------------
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def _client_sessions(
