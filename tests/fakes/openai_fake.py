@@ -66,11 +66,16 @@ class FakeOpenAI:
         self.port: int = 0
         self._runner: web.AppRunner | None = None
         self._background = BackgroundLoop("fake-openai")
+        self._last_provider_request = 0.0  # loop time
+
+    # How long the fake must have had no provider request before a reset: a session of the previous test may still
+    # be sending one (a transcription of its last turn), which would otherwise eat the next test's script.
+    QUIET_BEFORE_RESET_S = 0.2
 
     # ---- app ---------------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._note_arrival])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_post("/v1/audio/transcriptions", self._transcription)
@@ -94,7 +99,19 @@ class FakeOpenAI:
     async def _requests(self, _request: web.Request) -> web.Response:
         return web.json_response(self.requests)
 
+    @web.middleware
+    async def _note_arrival(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/_fake/"):
+            self._last_provider_request = asyncio.get_running_loop().time()
+        return await handler(request)
+
     async def _reset(self, _request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3.0
+        while (quiet_for := loop.time() - self._last_provider_request) < self.QUIET_BEFORE_RESET_S:
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(self.QUIET_BEFORE_RESET_S - quiet_for)
         self.chat_script.clear()
         self.speech_script.clear()
         self.transcription_script.clear()
