@@ -12,12 +12,11 @@ Steps (`script(...)`): `{"status": int}` fail with that status; `{"stall_s": flo
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.loopback import LoopbackFake, tone
+from tests.fakes.loopback import LoopbackFake, stream_pcm, tone
 
 MODELS = {"eleven_flash_v2_5", "eleven_turbo_v2_5", "eleven_multilingual_v2", "eleven_v3"}
 VOICES = {"21m00Tcm4TlvDq8ikWAM", "JBFqnCBsd6RMkjVDRZzb", "EXAVITQu4vr4xnSDxMaL"}
@@ -66,15 +65,5 @@ class FakeElevenLabs(LoopbackFake):
         if output_format != "pcm_24000":
             return error(400, "unsupported_format", f"This fake serves pcm_24000 only, not {output_format}.")
         audio = tone(max(0.2, len(body["text"]) * 0.06 / speed))
-        response = web.StreamResponse(headers={"Content-Type": "audio/pcm", "request-id": "fake-request"})
-        await response.prepare(request)
-        piece = 4800  # 100 ms
-        for start in range(0, len(audio), piece):
-            if step.get("drop_after_bytes") is not None and start >= step["drop_after_bytes"]:
-                request.transport.close()  # type: ignore[union-attr]
-                return response
-            if step.get("stall_s") and start > 0:
-                await asyncio.sleep(step["stall_s"])
-            await response.write(audio[start : start + piece])
-        await response.write_eof()
-        return response
+        # pieces of 100 ms
+        return await stream_pcm(request, audio, step, 4800, {"Content-Type": "audio/pcm", "request-id": "fake-request"})

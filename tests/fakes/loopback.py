@@ -24,6 +24,24 @@ def tone(duration_s: float, sample_rate: int = 24_000, frequency: float = 330.0)
     return (wave * 32767).astype(np.int16).tobytes()
 
 
+async def stream_pcm(
+    request: web.Request, audio: bytes, step: dict[str, Any], piece: int, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Streams `audio` in pieces of `piece` bytes, as a TTS endpoint does, with the scripted faults of `step`:
+    `drop_after_bytes` (the connection closes mid-stream), `stall_s` (a pause after the first piece)."""
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    for start in range(0, len(audio), piece):
+        if step.get("drop_after_bytes") is not None and start >= step["drop_after_bytes"]:
+            request.transport.close()  # type: ignore[union-attr]
+            return response
+        if step.get("stall_s") and start > 0:
+            await asyncio.sleep(step["stall_s"])
+        await response.write(audio[start : start + piece])
+    await response.write_eof()
+    return response
+
+
 class BackgroundLoop:
     """An event loop on a daemon thread, for a fake server that synchronous test code starts and stops."""
 

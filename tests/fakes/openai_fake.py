@@ -23,16 +23,14 @@ import argparse
 import asyncio
 import io
 import json
-import math
 import time
 import wave
 from collections import deque
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
-from tests.fakes.loopback import BackgroundLoop
+from tests.fakes.loopback import BackgroundLoop, stream_pcm, tone
 
 SAMPLE_RATE = 24_000
 
@@ -46,13 +44,6 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
                 content = " ".join(part.get("text", "") for part in content if part.get("type") == "text")
             return f"You said: {content}. That is all I have to say."
     return "Hello there. How can I help you today?"
-
-
-def tone(duration_s: float, frequency: float = 220.0) -> bytes:
-    """A quiet sine tone as PCM16 mono 24 kHz (recognisable, not silence)."""
-    samples = np.arange(int(duration_s * SAMPLE_RATE))
-    wave = 0.2 * np.sin(2 * math.pi * frequency * samples / SAMPLE_RATE)
-    return (wave * 32767).astype(np.int16).tobytes()
 
 
 class FakeOpenAI:
@@ -224,18 +215,8 @@ class FakeOpenAI:
             return web.json_response({"error": {"message": "only pcm is faked"}}, status=400)
         duration = max(0.1, len(body.get("input", "")) * step.get("ms_per_char", 40.0) / 1000)
         audio = tone(duration)
-        response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
-        await response.prepare(request)
-        piece = 4800  # 100 ms
-        for start in range(0, len(audio), piece):
-            if step.get("drop_after_bytes") is not None and start >= step["drop_after_bytes"]:
-                request.transport.close()  # type: ignore[union-attr]
-                return response
-            if step.get("stall_s") and start > 0:
-                await asyncio.sleep(step["stall_s"])
-            await response.write(audio[start : start + piece])
-        await response.write_eof()
-        return response
+        # pieces of 100 ms
+        return await stream_pcm(request, audio, step, 4800, {"Content-Type": "audio/pcm"})
 
     # ---- transcriptions -----------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.loopback import tone
+from tests.fakes.loopback import stream_pcm, tone
 from tests.fakes.openai_fake import FakeOpenAI
 
 CHAT_MODELS = {
@@ -144,15 +144,5 @@ class FakeSiliconFlow(FakeOpenAI):
         if step.get("status"):
             return error(step["status"], step.get("message"))
         audio = tone(max(0.2, len(body["input"]) * 0.08 / speed), sample_rate=rate)
-        response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
-        await response.prepare(request)
-        piece = rate // 5  # 100 ms
-        for start in range(0, len(audio), piece):
-            if step.get("drop_after_bytes") is not None and start >= step["drop_after_bytes"]:
-                request.transport.close()  # type: ignore[union-attr]
-                return response
-            if step.get("stall_s") and start > 0:
-                await asyncio.sleep(step["stall_s"])
-            await response.write(audio[start : start + piece])
-        await response.write_eof()
-        return response
+        # pieces of 100 ms
+        return await stream_pcm(request, audio, step, rate // 5, {"Content-Type": "audio/pcm"})
