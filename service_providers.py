@@ -13,6 +13,7 @@ the provider's token usage and finish reason. Text-to-speech uses Pipecat's serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -353,25 +354,7 @@ class ChatLLMProcessor(FrameProcessor):
             if run.tools and run.tool_choice != "none":
                 text_calls = TextToolCallFilter({tool["function"]["name"] for tool in run.tools})
             try:
-                async for chunk in self._client.stream(run):
-                    if chunk.text:
-                        if text_calls is None:
-                            await self._push_text(response_id, chunk.text, audio)
-                        else:
-                            await self._push_filtered(response_id, text_calls.feed(chunk.text), audio)
-                    for call in chunk.tool_calls:
-                        frame = ResponseToolCallFrame(
-                            response_id=response_id,
-                            index=call.index,
-                            call_id=call.call_id,
-                            tool_name=call.name,
-                            arguments=call.arguments,
-                        )
-                        await self.push_frame(frame)
-                    usage = chunk.usage or usage
-                    finish_reason = chunk.finish_reason or finish_reason
-                if text_calls is not None:
-                    await self._push_filtered(response_id, text_calls.finish(), audio)
+                usage, finish_reason = await self._stream_reply(run, text_calls)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -379,6 +362,36 @@ class ChatLLMProcessor(FrameProcessor):
         if audio:
             await self.push_frame(LLMFullResponseEndFrame())
         await self.push_frame(ResponseEndFrame(response_id, usage, finish_reason, failure))
+
+    async def _stream_reply(
+        self, run: RunResponse, text_calls: TextToolCallFilter | None
+    ) -> tuple[Usage | None, str | None]:
+        """Pushes the reply's text and tool calls as they stream in; returns the usage and finish reason."""
+        response_id, audio = run.response_id, run.modality == "audio"
+        usage: Usage | None = None
+        finish_reason: str | None = None
+        async with contextlib.aclosing(self._client.stream(run)) as chunks:
+            async for chunk in chunks:
+                if chunk.text and text_calls is None:
+                    await self._push_text(response_id, chunk.text, audio)
+                elif chunk.text and text_calls is not None:
+                    await self._push_filtered(response_id, text_calls.feed(chunk.text), audio)
+                    if text_calls.ended:  # leaving the loop closes the stream, which stops the generation
+                        return usage, "tool_calls"
+                for call in chunk.tool_calls:
+                    frame = ResponseToolCallFrame(
+                        response_id=response_id,
+                        index=call.index,
+                        call_id=call.call_id,
+                        tool_name=call.name,
+                        arguments=call.arguments,
+                    )
+                    await self.push_frame(frame)
+                usage = chunk.usage or usage
+                finish_reason = chunk.finish_reason or finish_reason
+        if text_calls is not None:
+            await self._push_filtered(response_id, text_calls.finish(), audio)
+        return usage, finish_reason
 
     async def _push_text(self, response_id: str, text: str, audio: bool) -> None:
         if not self._message_started:

@@ -4,7 +4,8 @@ Small local models (Qwen2.5 0.5B through llama.cpp, say) often answer a prompt t
 such as `{"name": "get_weather", "arguments": {"city": "Paris"}}`, bare, in a ```json fence, or between
 `<tool_call>` tags, in the text of their reply. `TextToolCallFilter` watches the start of a reply: text that cannot
 be such a call passes through at once; text that might be one is held until it is known, and a call naming one of
-the offered tools comes out as a tool call instead of text.
+the offered tools comes out as a tool call instead of text. A reply that made a call is over (`ended`), as a
+structured tool call ends one: such models tend to go on writing calls for other arguments until their token limit.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ class TextToolCallFilter:
         self._tool_names = tool_names
         self._held = ""
         self._deciding = True  # still at the start of the reply, where a written call would be
+        self.ended = False  # a call was recognised: what the model writes after it is dropped
 
     def feed(self, delta: str) -> FilterOutput:
+        if self.ended:
+            return FilterOutput()
         if not self._deciding:
             return FilterOutput(text=delta)
         self._held += delta
@@ -58,23 +62,25 @@ class TextToolCallFilter:
             return FilterOutput()  # tagged calls may follow one another: decided when the reply ends
         calls = _parse_calls(start, self._tool_names)
         if calls:
-            self._deciding = False
-            self._held = ""
-            return FilterOutput(calls=calls)
+            return self._called(calls)
         if _complete(start):
             return self._release()  # a finished JSON object or fence that is not a call: it is the answer
         return FilterOutput()
 
     def finish(self) -> FilterOutput:
         """The reply ended: what is still held is a call if it parses as one, else text."""
-        if not self._deciding or not self._held:
+        if self.ended or not self._deciding or not self._held:
             return FilterOutput()
         calls = _parse_calls(self._held.strip(), self._tool_names)
         if calls:
-            self._held = ""
-            self._deciding = False
-            return FilterOutput(calls=calls)
+            return self._called(calls)
         return self._release()
+
+    def _called(self, calls: list[TextToolCall]) -> FilterOutput:
+        self._held = ""
+        self._deciding = False
+        self.ended = True
+        return FilterOutput(calls=calls)
 
     def _release(self) -> FilterOutput:
         text, self._held = self._held, ""

@@ -67,3 +67,14 @@ def test_plain_text_is_not_held_back() -> None:
     filter_ = TextToolCallFilter(TOOLS)
     assert filter_.feed("Sure").text == "Sure"
     assert filter_.feed(", {here}").text == ", {here}"
+
+
+def test_a_reply_that_made_a_call_is_over() -> None:
+    """Small models go on writing calls for other arguments after the first; those are not part of the reply."""
+    filter_ = TextToolCallFilter(TOOLS)
+    written = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    calls = [call for delta in pieces(written) for call in filter_.feed(delta).calls or []]
+    assert [call.name for call in calls] == ["get_weather"] and filter_.ended
+    later = filter_.feed('.json\n{"name": "get_weather", "arguments": {"city": "London"}}')
+    assert later.text == "" and not later.calls
+    assert filter_.finish().calls is None
