@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from pipecat.frames.frames import DataFrame, SystemFrame
 
-from protocol import ProviderFailure, Usage
-from realtime_session import RunResponse, Transcribe
+from session.commands import ProviderFailure, RunResponse, Transcribe, Usage
 
 
 @dataclass

@@ -25,7 +25,8 @@ from pipecat.workers.runner import WorkerRunner
 
 from audio_utils import PIPELINE_INPUT_RATE, PIPELINE_OUTPUT_RATE
 from pipeline_frames import ResponseRequestFrame, TranscribeFrame
-from realtime_session import (
+from service_providers import Providers, TranscriptionPort
+from session.commands import (
     CancelResponse,
     Command,
     ConfigureTurnDetection,
@@ -34,7 +35,6 @@ from realtime_session import (
     RunResponse,
     Transcribe,
 )
-from service_providers import Providers, TranscriptionPort
 from turn_detection import (
     ConfigureTurnDetectionFrame,
     ResetTurnDetectionFrame,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -1435,39 +1435,3 @@ def render_event(event: JsonDict, dialect: Dialect, *, beta_temperature: float =
     if "response" in rendered:
         rendered["response"] = to_beta_response(rendered["response"], beta_temperature)
     return rendered
-
-
-@dataclass
-class Usage:
-    """Token counts reported by the LLM provider for one response."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    image_tokens: int = 0
-
-    def to_wire(self) -> JsonDict:
-        text_input = max(self.input_tokens - self.image_tokens, 0)
-        return {
-            "total_tokens": self.input_tokens + self.output_tokens,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "input_token_details": {
-                "text_tokens": text_input,
-                "audio_tokens": 0,
-                "image_tokens": self.image_tokens,
-                "cached_tokens": self.cached_tokens,
-                "cached_tokens_details": {"text_tokens": self.cached_tokens, "audio_tokens": 0, "image_tokens": 0},
-            },
-            "output_token_details": {"text_tokens": self.output_tokens, "audio_tokens": 0},
-        }
-
-
-@dataclass
-class ProviderFailure:
-    """A provider (LLM, TTS, STT) failure, as reported to the client."""
-
-    code: str
-    message: str
-    error_type: str = "server_error"
-    extra: JsonDict = field(default_factory=dict)

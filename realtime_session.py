@@ -12,7 +12,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Literal
 
 from audio_utils import AudioFormat, InvalidAudio, OutputEncoder, decode_base64, encode_base64, format_to_pcm
 from config import DEFAULT_INSTRUCTIONS, Settings
@@ -43,13 +43,11 @@ from protocol import (
     JsonDict,
     OutputAudioClear,
     ProtocolError,
-    ProviderFailure,
     ResponseCancel,
     ResponseCreate,
     ServerEvent,
     SessionKind,
     SessionUpdate,
-    Usage,
     check_modalities,
     check_tool,
     check_tool_choice,
@@ -60,8 +58,19 @@ from protocol import (
     to_beta_session,
     to_beta_transcription_session,
 )
+from session.commands import (
+    CancelResponse,
+    Command,
+    ConfigureTurnDetection,
+    FeedAudio,
+    Modality,
+    ProviderFailure,
+    ResetTurnDetection,
+    RunResponse,
+    Transcribe,
+    Usage,
+)
 
-Modality: TypeAlias = Literal["text", "audio"]
 # Bounds that keep one misbehaving client from growing server memory without limit.
 MAX_INPUT_BUFFER_MS = 15 * 60 * 1000
 MAX_CONCURRENT_RESPONSES = 8
@@ -98,63 +107,6 @@ class SessionDefaults:
         )
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Commands for the pipeline
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunResponse:
-    """Generate a response: run the LLM on `messages`, and TTS on its text when `modality` is audio."""
-
-    response_id: str
-    messages: list[JsonDict]
-    tools: list[JsonDict]
-    tool_choice: str | JsonDict
-    max_tokens: int
-    temperature: float
-    modality: Modality
-    voice: str
-    speed: float
-    has_images: bool = False
-
-
-@dataclass
-class CancelResponse:
-    """Stop generating a response; nothing more of it reaches the client."""
-
-    response_id: str
-
-
-@dataclass
-class FeedAudio:
-    """Input audio for turn detection, as PCM16 mono 16 kHz."""
-
-    pcm: bytes
-
-
-@dataclass
-class ConfigureTurnDetection:
-    """The session's `turn_detection` changed (None: no detection, the client commits)."""
-
-    turn_detection: JsonDict | None
-
-
-@dataclass
-class ResetTurnDetection:
-    """The input buffer was cleared: any turn in progress is dropped."""
-
-
-@dataclass
-class Transcribe:
-    """Transcribe a user turn (PCM16 mono 16 kHz); the result comes back under `request_id`."""
-
-    request_id: str
-    pcm: bytes
-    language: str | None
-    prompt: str | None
-
-
 @dataclass
 class _Speculation:
     """A transcription of the turn so far, started when the speaker paused: if the turn ends at that pause, it is
@@ -166,9 +118,6 @@ class _Speculation:
     failure: ProviderFailure | None = None
     done: bool = False
     deltas: list[str] = field(default_factory=list)  # streamed words, sent only if the speculation is adopted
-
-
-Command: TypeAlias = RunResponse | CancelResponse | FeedAudio | ConfigureTurnDetection | ResetTurnDetection | Transcribe
 
 
 # --------------------------------------------------------------------------------------------------------------

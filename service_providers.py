@@ -52,8 +52,7 @@ from pipeline_frames import (
     ResponseToolCallFrame,
     TranscribeFrame,
 )
-from protocol import ProviderFailure, Usage
-from realtime_session import RunResponse, Transcribe
+from session.commands import ProviderFailure, RunResponse, Transcribe, Usage
 from tool_calls import FilterOutput, TextToolCallFilter
 from turn_detection import TurnModels
 

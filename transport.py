@@ -37,9 +37,10 @@ from pipeline_frames import (
     ResponseToolCallFrame,
 )
 from pipeline_manager import PipelineManager
-from protocol import JsonDict, ProtocolError, ProviderFailure
-from realtime_session import CancelResponse, RealtimeSession
+from protocol import JsonDict, ProtocolError
+from realtime_session import RealtimeSession
 from service_providers import Providers, Transcript, failure_from_error_text, provider_failure
+from session.commands import CancelResponse, ProviderFailure
 from turn_detection import TurnEvent, TurnEventKind
 
 _NO_SPACE_NEEDED = re.compile(r"[\s\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")

@@ -19,8 +19,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import ProviderFailure, Usage
-from realtime_session import RealtimeSession, RunResponse, SessionDefaults
+from realtime_session import RealtimeSession, SessionDefaults
+from session.commands import ProviderFailure, RunResponse, Usage
 from tests.conftest import RunningServer
 from tests.realtime_client import connect, validate_server_event
 

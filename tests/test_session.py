@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from conversation import SpokenSegment, chat_messages, heard_text
-from protocol import ProviderFailure, Usage
-from realtime_session import CancelResponse, RealtimeSession, RunResponse, SessionDefaults, Transcribe, merge_session
+from realtime_session import RealtimeSession, SessionDefaults, merge_session
+from session.commands import CancelResponse, ProviderFailure, RunResponse, Transcribe, Usage
 from tests.realtime_client import validate_server_event
 
 
