@@ -27,10 +27,11 @@ from loguru import logger
 from access import DEFAULT_SECRET_TTL_S, AccessControl
 from config import Settings, get_settings
 from local_models import ModelError
-from protocol import Dialect, ProtocolError, SessionKind, error_event, parse_secret_request
+from protocol import Dialect, ProtocolError, SessionKind, error_event
 from realtime_session import RealtimeSession, SessionDefaults
 from service_providers import ConfigurationError, Providers
 from transport import ConnectionLimits, RealtimeConnection
+from wire.parsing import parse_secret_request
 
 REALTIME_SUBPROTOCOL = "realtime"
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"

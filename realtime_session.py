@@ -48,15 +48,8 @@ from protocol import (
     ServerEvent,
     SessionKind,
     SessionUpdate,
-    check_modalities,
-    check_tool,
-    check_tool_choice,
     error_event,
     new_id,
-    parse_client_event,
-    render_event,
-    to_beta_session,
-    to_beta_transcription_session,
 )
 from session.commands import (
     CancelResponse,
@@ -70,6 +63,9 @@ from session.commands import (
     Transcribe,
     Usage,
 )
+from wire.beta import render_event, to_beta_session, to_beta_transcription_session
+from wire.canonical import check_modalities, check_tool, check_tool_choice
+from wire.parsing import parse_client_event
 
 # Bounds that keep one misbehaving client from growing server memory without limit.
 MAX_INPUT_BUFFER_MS = 15 * 60 * 1000

@@ -17,9 +17,9 @@ from protocol import (
     ResponseCreate,
     SessionUpdate,
     new_id,
-    parse_client_event,
-    render_event,
 )
+from wire.beta import render_event
+from wire.parsing import parse_client_event
 
 # ---- every field the official SDK lets a client send is understood -------------------------------------------
 
