@@ -27,9 +27,10 @@ from loguru import logger
 from access import DEFAULT_SECRET_TTL_S, AccessControl
 from config import Settings, get_settings
 from local_models import ModelError
-from protocol import Dialect, ProtocolError, SessionKind, error_event
-from realtime_session import RealtimeSession, SessionDefaults
+from protocol import Dialect, ProtocolError, SessionKind, SessionUpdate, error_event
+from realtime_session import RealtimeSession
 from service_providers import ConfigurationError, Providers
+from session.configuration import SessionDefaults, new_session_config
 from transport import ConnectionLimits, RealtimeConnection
 from wire.parsing import parse_secret_request
 
@@ -169,15 +170,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return
         secret = grant.secret
         kind: SessionKind = "transcription" if intent == "transcription" else "realtime"
+        initial = SessionUpdate(None, secret.kind, secret.session_patch, secret.temperature) if secret else None
         session = RealtimeSession(
-            SessionDefaults.from_settings(settings),
+            session_defaults(settings),
             handshake.dialect,
             kind=secret.kind if secret is not None else kind,
             model=model or None,
-            initial_config=secret.session_patch if secret is not None else None,
+            initial_update=initial,
         )
-        if secret is not None and secret.temperature is not None:
-            session.temperature = secret.temperature
         connection = RealtimeConnection(websocket, session, providers, limits)
         state.connections.add(connection)
         how = "client secret" if secret is not None else "key" if not state.access.open else "open server"
@@ -228,20 +228,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             parsed = parse_secret_request(body, endpoint)
             dialect: Dialect = "ga" if endpoint == "client_secrets" else "beta"
             # The configuration is checked as a session.update would be: errors are the same.
-            session = RealtimeSession(
-                SessionDefaults.from_settings(settings), dialect, kind=parsed.kind, initial_config=parsed.patch
-            )
+            defaults = session_defaults(settings)
+            update = SessionUpdate(None, parsed.kind, parsed.patch, parsed.temperature)
+            config = new_session_config(defaults, parsed.kind, now=time.time()).updated(update, defaults)
         except ProtocolError as error:
             return openai_error(400, error.message, error.code or "invalid_value", param=error.param)
-        if parsed.temperature is not None:
-            session.temperature = parsed.temperature
         try:
             secret = state.access.mint(
                 parsed.kind, parsed.patch, parsed.ttl_s or DEFAULT_SECRET_TTL_S, parsed.temperature
             )
         except OverflowError as exc:
             return openai_error(429, str(exc), "rate_limit_exceeded", "rate_limit_error")
-        described = session.session_object()
+        described = config.render(dialect)
         described["expires_at"] = secret.expires_at
         if endpoint == "client_secrets":
             return JSONResponse({"value": secret.value, "expires_at": secret.expires_at, "session": described})
@@ -274,7 +272,22 @@ def check_configuration(settings: Settings) -> None:
 
 
 def session_model(session: RealtimeSession) -> str:
-    return str(session.config.get("model", "-"))
+    return getattr(session.config, "model", "-")
+
+
+def session_defaults(settings: Settings) -> SessionDefaults:
+    """What new sessions start with, from the server's settings."""
+    return SessionDefaults(
+        model=settings.model_name,
+        instructions=settings.llm_system_prompt,
+        temperature=settings.llm_temperature,
+        llm_max_tokens=settings.llm_max_tokens,
+        vad_threshold=settings.vad_threshold,
+        vad_prefix_padding_ms=settings.vad_prefix_padding_ms,
+        vad_silence_duration_ms=settings.vad_silence_duration_ms,
+        lifetime_s=settings.session_max_duration_s,
+        max_retained_audio_ms=settings.max_retained_audio_s * 1000,
+    )
 
 
 app = create_app()

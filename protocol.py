@@ -19,10 +19,13 @@ from typing import Any, Literal, TypeAlias
 Dialect: TypeAlias = Literal["ga", "beta"]
 SessionKind: TypeAlias = Literal["realtime", "transcription"]
 JsonDict: TypeAlias = dict[str, Any]
+Modality: TypeAlias = Literal["text", "audio"]  # what a response produces: text, or audio with its transcript
 
 MAX_OUTPUT_TOKENS_LIMIT = 4096
 MIN_COMMIT_MS = 100
 MAX_APPEND_AUDIO_BYTES = 15 * 1024 * 1024  # what the API allows in one input_audio_buffer.append
+DEFAULT_VOICE = "alloy"  # what a session speaks with when it names no voice
+DEFAULT_TRANSCRIPTION_MODEL = "whisper-1"
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import onnxruntime
@@ -26,6 +26,8 @@ from loguru import logger
 from pipecat.audio.turn.smart_turn._whisper_features import compute_whisper_log_mel_features
 from pipecat.frames.frames import Frame, InputAudioRawFrame, SystemFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from session.configuration import SemanticVadConfig, TurnDetectionConfig
 
 SAMPLE_RATE = 16_000
 WINDOW_SAMPLES = 512  # Silero's window at 16 kHz: 32 ms
@@ -186,15 +188,15 @@ class TurnSettings:
     eagerness: str = "auto"
 
     @classmethod
-    def from_config(cls, turn_detection: dict[str, Any] | None) -> TurnSettings | None:
+    def from_config(cls, turn_detection: TurnDetectionConfig | None) -> TurnSettings | None:
         if turn_detection is None:
             return None
-        if turn_detection["type"] == "semantic_vad":
-            return cls(kind="semantic_vad", eagerness=turn_detection.get("eagerness") or "auto")
+        if isinstance(turn_detection, SemanticVadConfig):
+            return cls(kind="semantic_vad", eagerness=turn_detection.eagerness)
         return cls(
             kind="server_vad",
-            threshold=turn_detection.get("threshold", 0.5),
-            silence_duration_ms=turn_detection.get("silence_duration_ms", 500),
+            threshold=turn_detection.threshold,
+            silence_duration_ms=turn_detection.silence_duration_ms,
         )
 
 

@@ -7,11 +7,10 @@ carries them out, and the pipeline's stages report back token usage and provider
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
-from protocol import JsonDict
-
-Modality: TypeAlias = Literal["text", "audio"]
+from protocol import JsonDict, Modality
+from session.configuration import TurnDetectionConfig
 
 
 @dataclass
@@ -48,7 +47,7 @@ class FeedAudio:
 class ConfigureTurnDetection:
     """The session's `turn_detection` changed (None: no detection, the client commits)."""
 
-    turn_detection: JsonDict | None
+    turn_detection: TurnDetectionConfig | None
 
 
 @dataclass

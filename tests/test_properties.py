@@ -19,10 +19,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from realtime_session import RealtimeSession, SessionDefaults
+from realtime_session import RealtimeSession
 from session.commands import ProviderFailure, RunResponse, Usage
 from tests.conftest import RunningServer
 from tests.realtime_client import connect, validate_server_event
+from tests.support.session_core import DEFAULTS
 
 EVENT_ID = "evt_{}"
 
@@ -191,7 +192,7 @@ def drive_pipeline(session: RealtimeSession, action: str, runs: list[RunResponse
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps, st.sampled_from(["ga", "beta"]))
 def test_state_machine_properties(sequence: list[tuple[str, Any]], dialect: str) -> None:
-    session = RealtimeSession(SessionDefaults(), dialect)  # type: ignore[arg-type]
+    session = RealtimeSession(DEFAULTS, dialect)  # type: ignore[arg-type]
     observer = Observer(dialect)
     session.open()
     observer.observe(session.take_events())

@@ -8,14 +8,16 @@ from typing import Any
 
 import pytest
 
-from conversation import SpokenSegment, chat_messages, heard_text
-from realtime_session import RealtimeSession, SessionDefaults, merge_session
+from realtime_session import RealtimeSession
 from session.commands import CancelResponse, ProviderFailure, RunResponse, Transcribe, Usage
+from session.configuration import merge_session
+from session.conversation import SpokenSegment, chat_messages, heard_text
 from tests.realtime_client import validate_server_event
+from tests.support.session_core import DEFAULTS, defaults
 
 
 def make_session(dialect: str = "ga") -> RealtimeSession:
-    session = RealtimeSession(SessionDefaults(), dialect)  # type: ignore[arg-type]
+    session = RealtimeSession(DEFAULTS, dialect)  # type: ignore[arg-type]
     session.open()
     session.take_events()
     session.take_commands()
@@ -284,7 +286,7 @@ def test_merge_session_semantics() -> None:
 
 def test_session_update_with_error_leaves_session_unchanged() -> None:
     session = make_session()
-    before = json.dumps(session.config, sort_keys=True)
+    before = json.dumps(session.config.to_ga(), sort_keys=True)
     events = send(
         session,
         {
@@ -295,7 +297,7 @@ def test_session_update_with_error_leaves_session_unchanged() -> None:
     )
     assert names(events) == ["error"]
     assert events[0]["error"]["event_id"] == "e1"
-    assert json.dumps(session.config, sort_keys=True) == before
+    assert json.dumps(session.config.to_ga(), sort_keys=True) == before
 
 
 def test_unknown_openai_values_are_accepted() -> None:
@@ -329,7 +331,7 @@ def test_unknown_openai_values_are_accepted() -> None:
 
 
 def test_transcription_session_refuses_responses() -> None:
-    session = RealtimeSession(SessionDefaults(), "ga", kind="transcription")
+    session = RealtimeSession(DEFAULTS, "ga", kind="transcription")
     session.open()
     created = drain(session)
     assert names(created) == ["session.created"]
@@ -339,7 +341,7 @@ def test_transcription_session_refuses_responses() -> None:
 
 
 def test_old_audio_is_released_but_truncation_still_works() -> None:
-    session = RealtimeSession(SessionDefaults(max_retained_audio_ms=1500), "ga")
+    session = RealtimeSession(defaults(max_retained_audio_ms=1500), "ga")
     session.open()
     ids = []
     for _ in range(3):

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocol import MAX_OUTPUT_TOKENS_LIMIT, ClientEvent, Dialect
+from protocol import MAX_OUTPUT_TOKENS_LIMIT, ClientEvent, Dialect, Modality
 
 
 class _Wire(BaseModel):
@@ -26,7 +26,6 @@ class _LooseWire(BaseModel):
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 OutputTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS_LIMIT)] | Literal["inf"]
-Modality = Literal["text", "audio"]
 Metadata = dict[str, str] | None
 
 

@@ -1,6 +1,6 @@
 """A session's conversation: ordered items, what the LLM sees of them, and what the user heard of the replies.
 
-Pure data structures, no I/O: `realtime_session.py` owns one `Conversation` and feeds it client and pipeline events.
+Pure data structures, no I/O: the session core (`realtime_session.py` and its parts) owns one `Conversation`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ class StoredItem:
     @property
     def retained_ms(self) -> float:
         return self.audio_format.duration_ms(len(self.audio))
+
+    def audio_part_index(self) -> int:
+        """Where the item's audio is (a committed turn has only that; a client-made item may have text first)."""
+        return next((i for i, part in enumerate(self.item.get("content", [])) if part["type"] == "input_audio"), 0)
 
     def release_audio(self) -> None:
         """Forgets the audio bytes (a retrieve no longer returns them); its length stays known for truncation."""
