@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from textual.pilot import Pilot
 
-import push_to_talk_app
-import test_client
-from audio_utils import AudioPlayer
-from push_to_talk_app import LevelMeter, Line, RealtimeApp, Settings
+from clients import scripted, voice_chat
+from clients.playback import AudioPlayer
+from clients.voice_chat import LevelMeter, Line, RealtimeApp, Settings
 from tests.audio_fixtures import pcm24k
 from tests.conftest import ROOT, RunningServer, fake_requests, free_port, script
 from tests.fakes.audio_backend import FakeAudioBackend
@@ -343,13 +342,13 @@ def test_test_client_interactive_mode(server: RunningServer, fake: FakeOpenAI, t
 def test_both_clients_switch_to_openai_with_one_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-user-key")
     monkeypatch.setenv("USE_LOCAL_SERVER", "false")
-    settings, _ = push_to_talk_app.parse_args([])
+    settings, _ = voice_chat.parse_args([])
     assert (settings.url, settings.api_key) == ("wss://api.openai.com/v1/realtime", "sk-user-key")
-    args = test_client.parse_args([])
+    args = scripted.parse_args([])
     assert (args.url, args.api_key) == ("wss://api.openai.com/v1/realtime", "sk-user-key")
     monkeypatch.delenv("USE_LOCAL_SERVER")
-    settings, _ = push_to_talk_app.parse_args(["--input-device", "2", "--output-device", "USB"])
+    settings, _ = voice_chat.parse_args(["--input-device", "2", "--output-device", "USB"])
     # The local server never gets the user's OpenAI key.
     assert (settings.url, settings.api_key) == ("ws://localhost:8000/v1/realtime", "local")
     assert (settings.input_device, settings.output_device) == (2, "USB")
-    assert test_client.parse_args(["--openai"]).url == "wss://api.openai.com/v1/realtime"
+    assert scripted.parse_args(["--openai"]).url == "wss://api.openai.com/v1/realtime"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from audio_utils import AudioPlayer
+from clients.playback import AudioPlayer
 
 
 class _Clocked:
@@ -95,7 +95,7 @@ class FakeSpeaker(_Clocked):
 
 
 class FakeAudioBackend:
-    """Implements push_to_talk_app.AudioBackend without a sound card."""
+    """Implements clients.voice_chat.AudioBackend without a sound card."""
 
     def __init__(self) -> None:
         self.microphone: FakeMicrophone | None = None
