@@ -1,55 +1,43 @@
-"""Who may open a session: API keys, ephemeral client secrets, browser origins. Pure: no I/O.
+"""Who may open a session: API keys, ephemeral client secrets, browser origins, and the server's own limits.
+Pure: no I/O.
 
-With no `REALTIME_API_KEYS` configured the server is open (meant for local use). With keys, a WebSocket must
-present one of them, or an ephemeral client secret (`ek_…`) minted with one through `POST /v1/realtime/client_secrets`
-(GA) or `POST /v1/realtime/sessions` / `transcription_sessions` (beta), the way browsers use the real API: the
-server hands a short-lived secret to the page, never its key. A secret carries the session configuration it was minted
-with, which becomes the starting configuration of the sessions opened with it.
+With no `REALTIME_API_KEYS` configured the server is open (meant for local use). With keys, a connection must
+present one of them, or an ephemeral client secret (`ek_…`, see `client_secrets.py`) minted with one. Each
+connection attempt is decided once, by `admit`: a `Grant` (starting from the secret's configuration if it was one) or
+a `Refusal`, which the handshake answers with an HTTP status and OpenAI's error body.
 """
 
 from __future__ import annotations
 
 import hmac
-import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from protocol import JsonDict, SessionKind
-
-DEFAULT_SECRET_TTL_S = 600
-MIN_SECRET_TTL_S = 10
-MAX_SECRET_TTL_S = 7200
-MAX_LIVE_SECRETS = 10_000  # minting is cheap: bound what a key holder can make the server remember
-
-
-@dataclass(frozen=True)
-class ClientSecret:
-    value: str
-    expires_at: int
-    kind: SessionKind
-    session_patch: JsonDict = field(default_factory=dict)  # GA-shaped, as `session.update` takes it
-    temperature: float | None = None  # beta only
+from client_secrets import ClientSecret, SecretStore
 
 
 @dataclass(frozen=True)
 class Grant:
-    """What a presented key allows: a session, starting from the secret's configuration if it was one."""
+    """A session may open; it starts from `secret`'s configuration when the client presented one."""
 
     secret: ClientSecret | None = None
+    how: str = "key"  # for the log: "key", "client secret" or "open server"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A connection refused before it opens, as the HTTP answer to its handshake."""
+
+    status: int
+    message: str
+    code: str
+    type: str = "invalid_request_error"
 
 
 class AccessControl:
-    def __init__(
-        self,
-        api_keys: set[str],
-        allowed_origins: set[str],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, api_keys: set[str], allowed_origins: set[str], secrets: SecretStore) -> None:
         self._api_keys = {key for key in api_keys if key}
         self._allowed_origins = {origin.rstrip("/") for origin in allowed_origins if origin}
-        self._clock = clock
-        self._secrets: dict[str, ClientSecret] = {}
+        self.secrets = secrets
 
     @property
     def open(self) -> bool:
@@ -67,37 +55,43 @@ class AccessControl:
             return True
         return key is not None and any(hmac.compare_digest(key, known) for known in self._api_keys)
 
+    def may_mint(self, key: str | None) -> bool:
+        """Client secrets are made with an API key, never with another secret."""
+        return key is not None and not key.startswith("ek_") and self.is_api_key(key)
+
     def authorize(self, key: str | None) -> Grant | None:
-        """The grant for a WebSocket presenting `key`, or None when it must be refused."""
+        """The grant for a connection presenting `key`, or None when it must be refused."""
         if key is not None and key.startswith("ek_"):
-            secret = self._secrets.get(key)
-            if secret is not None and secret.expires_at > self._clock():
-                return Grant(secret)
-            self._secrets.pop(key, None)
-            return None if not self.open else Grant()
-        return Grant() if self.is_api_key(key) else None
+            secret = self.secrets.find(key)
+            if secret is not None:
+                return Grant(secret, "client secret")
+            return Grant(how="open server") if self.open else None
+        if not self.is_api_key(key):
+            return None
+        return Grant(how="open server" if self.open else "key")
 
-    def mint(
-        self,
-        kind: SessionKind,
-        session_patch: JsonDict,
-        ttl_s: int = DEFAULT_SECRET_TTL_S,
-        temperature: float | None = None,
-    ) -> ClientSecret:
-        self._forget_expired()
-        if len(self._secrets) >= MAX_LIVE_SECRETS:
-            raise OverflowError("Too many live client secrets: wait for some to expire.")
-        secret = ClientSecret(
-            value=f"ek_{secrets.token_urlsafe(24)}",
-            expires_at=int(self._clock()) + ttl_s,
-            kind=kind,
-            session_patch=session_patch,
-            temperature=temperature,
-        )
-        self._secrets[secret.value] = secret
-        return secret
-
-    def _forget_expired(self) -> None:
-        now = self._clock()
-        for value in [value for value, secret in self._secrets.items() if secret.expires_at <= now]:
-            del self._secrets[value]
+    def admit(
+        self, origin: str | None, key: str | None, *, open_sessions: int, max_sessions: int, shutting_down: bool
+    ) -> Grant | Refusal:
+        """Decides a connection attempt: origin, then key, then whether the server can take one more session."""
+        if not self.origin_allowed(origin):
+            return Refusal(403, f"Connections from origin {origin!r} are not allowed.", "origin_not_allowed")
+        grant = self.authorize(key)
+        if grant is None:
+            if key is None:
+                message = "You didn't provide an API key: send it as 'Authorization: Bearer <key>'."
+            elif key.startswith("ek_"):
+                message = "The client secret is unknown or has expired: get a new one."
+            else:
+                message = "Incorrect API key provided."
+            return Refusal(401, message, "invalid_api_key")
+        if shutting_down:
+            return Refusal(503, "The server is shutting down.", "server_shutting_down", "server_error")
+        if open_sessions >= max_sessions:
+            return Refusal(
+                503,
+                f"The server is at its limit of {max_sessions} concurrent sessions: try again later.",
+                "too_many_sessions",
+                "server_error",
+            )
+        return grant

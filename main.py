@@ -1,42 +1,47 @@
-"""FastAPI app: the Realtime WebSocket at `/v1/realtime`, `/health`, and the providers loaded once at startup.
+"""The composition root: settings → providers, access control, session defaults → the FastAPI app.
 
-Run with `python main.py` (uses the settings in `.env`) or `uvicorn main:app --reload`.
+Routes: the Realtime WebSocket at `/v1/realtime`, `/health`, and the client-secret endpoints. Run with
+`python main.py` (the settings in `.env`) or `uvicorn main:app`; the app is built when it is first asked for, so
+importing this module builds nothing.
 
 Models load in the background once the server listens: `/health` answers 503 `loading` until they are ready, and
-sessions opened meanwhile get an `error` event saying so.
+sessions opened meanwhile get an `error` event saying so. Models that fail to load end the process with
+`EXIT_MODELS_FAILED` and one line saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, get_args
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 from loguru import logger
 
-from access import DEFAULT_SECRET_TTL_S, AccessControl
+from access import AccessControl, Refusal
+from client_secrets import SecretEndpoint, SecretStore, TooManySecrets, mint_for_request
 from config import Settings, get_settings
+from connection import ConnectionLimits, RealtimeConnection
 from local_models import ModelError
-from protocol import Dialect, ProtocolError, SessionKind, SessionUpdate, error_event
+from protocol import Dialect, ProtocolError, SessionKind, error_event
 from realtime_session import RealtimeSession
 from service_providers import ConfigurationError, Providers
-from session.configuration import SessionDefaults, new_session_config
-from transport import ConnectionLimits, RealtimeConnection
-from wire.parsing import parse_secret_request
+from session.configuration import SessionDefaults
+from transport import WebSocketChannel
 
 REALTIME_SUBPROTOCOL = "realtime"
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 API_KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+EXIT_CONFIGURATION = 2
+EXIT_MODELS_FAILED = 3
 
 
 @dataclass
@@ -67,27 +72,6 @@ def parse_handshake(headers: Mapping[str, str], subprotocols: list[str]) -> Hand
     return Handshake(dialect=dialect, subprotocol=subprotocol, api_key=api_key)
 
 
-@dataclass
-class ServerState:
-    settings: Settings
-    access: AccessControl
-    providers: Providers | None = None
-    ready: bool = False
-    shutting_down: bool = False
-    loading_since: float = field(default_factory=time.monotonic)
-    connections: set[RealtimeConnection] = field(default_factory=set)
-
-    async def shut_down_sessions(self, timeout_s: float = 3.0) -> None:
-        """Graceful stop: refuse new sessions, end the open ones (responses fail saying why, sockets close 1001)."""
-        self.shutting_down = True
-        connections = list(self.connections)
-        if connections:
-            logger.info(f"Shutting down: ending {len(connections)} session(s)")
-            await asyncio.wait(
-                [asyncio.create_task(connection.shutdown()) for connection in connections], timeout=timeout_s
-            )
-
-
 def openai_error(
     status: int, message: str, code: str, error_type: str = "invalid_request_error", param: str | None = None
 ) -> JSONResponse:
@@ -96,183 +80,8 @@ def openai_error(
     return JSONResponse(body, status_code=status)
 
 
-def configure_logging(settings: Settings) -> None:
-    logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if settings.debug else settings.log_level.upper())
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    state = ServerState(settings=settings, access=AccessControl(settings.api_keys, settings.origins))
-    limits = ConnectionLimits(settings.max_outgoing_events, settings.max_event_bytes, settings.session_max_duration_s)
-
-    async def load_models(providers: Providers) -> None:
-        started = time.monotonic()
-        try:
-            await providers.load()
-        except Exception as exc:
-            logger.error(f"Could not load the models: {exc}")
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        state.ready = True
-        logger.info(f"Models ready in {time.monotonic() - started:.1f}s")
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings)
-        try:
-            state.providers = Providers.from_settings(settings)
-        except (ConfigurationError, ModelError) as exc:
-            logger.error(f"Configuration error: {exc}")
-            raise SystemExit(2) from None
-        logger.info(f"Providers: {state.providers.description}")
-        logger.info(f"Realtime WebSocket endpoint: {settings.websocket_url}")
-        if state.access.open:
-            logger.warning("REALTIME_API_KEYS is empty: anyone who can reach this port may use the server")
-        state.loading_since = time.monotonic()
-        loader = asyncio.create_task(load_models(state.providers), name="load-models")
-        yield
-        loader.cancel()
-        await asyncio.gather(loader, return_exceptions=True)
-        await state.shut_down_sessions()
-        for connection in list(state.connections):
-            await connection.pipeline.stop()
-        await state.providers.close()
-
-    app = FastAPI(title="Realtime API server", lifespan=lifespan)
-    app.state.server = state
-
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        body = {
-            "status": "healthy" if state.ready else "loading",
-            "active_sessions": len(state.connections),
-            "models_ready": state.ready,
-        }
-        return JSONResponse(body, status_code=200 if state.ready else 503)
-
-    @app.websocket("/v1/realtime")
-    async def realtime(websocket: WebSocket, model: str | None = None, intent: str | None = None) -> None:
-        handshake = parse_handshake(websocket.headers, list(websocket.scope.get("subprotocols", [])))
-        refusal = refuse(websocket.headers.get("origin"), handshake.api_key)
-        if refusal is not None:
-            await websocket.send_denial_response(refusal)
-            return
-        grant = state.access.authorize(handshake.api_key)
-        assert grant is not None  # `refuse` checked it
-        providers = state.providers
-        await websocket.accept(subprotocol=handshake.subprotocol)
-        if providers is None or not state.ready:
-            waited = time.monotonic() - state.loading_since
-            message = f"The server is still loading its models ({waited:.0f}s so far): try again in a few seconds."
-            await websocket.send_json(error_event("server_error", "models_loading", message))
-            await websocket.close(code=1013, reason="Models loading")
-            return
-        secret = grant.secret
-        kind: SessionKind = "transcription" if intent == "transcription" else "realtime"
-        initial = SessionUpdate(None, secret.kind, secret.session_patch, secret.temperature) if secret else None
-        session = RealtimeSession(
-            session_defaults(settings),
-            handshake.dialect,
-            kind=secret.kind if secret is not None else kind,
-            model=model or None,
-            initial_update=initial,
-        )
-        connection = RealtimeConnection(websocket, session, providers, limits)
-        state.connections.add(connection)
-        how = "client secret" if secret is not None else "key" if not state.access.open else "open server"
-        logger.info(
-            f"Session {session.id} opened ({handshake.dialect}, {session.kind}, model={session_model(session)}, {how})"
-        )
-        try:
-            await connection.run()
-        finally:
-            state.connections.discard(connection)
-
-    def refuse(origin: str | None, api_key: str | None) -> JSONResponse | None:
-        """Why an upgrade is refused at the handshake (an HTTP response instead of a WebSocket), if it is."""
-        if not state.access.origin_allowed(origin):
-            return openai_error(403, f"Connections from origin {origin!r} are not allowed.", "origin_not_allowed")
-        if state.access.authorize(api_key) is None:
-            if api_key is None:
-                message = "You didn't provide an API key: send it as 'Authorization: Bearer <key>'."
-            elif api_key.startswith("ek_"):
-                message = "The client secret is unknown or has expired: get a new one."
-            else:
-                message = "Incorrect API key provided."
-            return openai_error(401, message, "invalid_api_key")
-        if state.shutting_down:
-            return openai_error(503, "The server is shutting down.", "server_shutting_down", "server_error")
-        if len(state.connections) >= settings.max_sessions:
-            return openai_error(
-                503,
-                f"The server is at its limit of {settings.max_sessions} concurrent sessions: try again later.",
-                "too_many_sessions",
-                "server_error",
-            )
-        return None
-
-    async def mint_secret(
-        request: Request, endpoint: Literal["client_secrets", "sessions", "transcription_sessions"]
-    ) -> JSONResponse:
-        """Ephemeral client secrets, as the real API mints them for browsers: made with a real key, short-lived,
-        carrying the session configuration that the sessions opened with them start from."""
-        key = parse_handshake(request.headers, []).api_key
-        if key is None or key.startswith("ek_") or not state.access.is_api_key(key):
-            return openai_error(401, "A client secret can only be made with an API key.", "invalid_api_key")
-        try:
-            body = await request.json()
-        except ValueError:
-            return openai_error(400, "The request body is not valid JSON.", "invalid_json")
-        try:
-            parsed = parse_secret_request(body, endpoint)
-            dialect: Dialect = "ga" if endpoint == "client_secrets" else "beta"
-            # The configuration is checked as a session.update would be: errors are the same.
-            defaults = session_defaults(settings)
-            update = SessionUpdate(None, parsed.kind, parsed.patch, parsed.temperature)
-            config = new_session_config(defaults, parsed.kind, now=time.time()).updated(update, defaults)
-        except ProtocolError as error:
-            return openai_error(400, error.message, error.code or "invalid_value", param=error.param)
-        try:
-            secret = state.access.mint(
-                parsed.kind, parsed.patch, parsed.ttl_s or DEFAULT_SECRET_TTL_S, parsed.temperature
-            )
-        except OverflowError as exc:
-            return openai_error(429, str(exc), "rate_limit_exceeded", "rate_limit_error")
-        described = config.render(dialect)
-        described["expires_at"] = secret.expires_at
-        if endpoint == "client_secrets":
-            return JSONResponse({"value": secret.value, "expires_at": secret.expires_at, "session": described})
-        return JSONResponse({**described, "client_secret": {"value": secret.value, "expires_at": secret.expires_at}})
-
-    @app.post("/v1/realtime/client_secrets")
-    async def client_secrets(request: Request) -> JSONResponse:
-        return await mint_secret(request, "client_secrets")
-
-    @app.post("/v1/realtime/sessions")
-    async def beta_sessions(request: Request) -> JSONResponse:
-        return await mint_secret(request, "sessions")
-
-    @app.post("/v1/realtime/transcription_sessions")
-    async def beta_transcription_sessions(request: Request) -> JSONResponse:
-        return await mint_secret(request, "transcription_sessions")
-
-    @app.websocket("/{path:path}")
-    async def unknown_path(websocket: WebSocket, path: str) -> None:
-        # Without this route Starlette refuses with 403, which a client cannot tell from a refused key.
-        message = f"No WebSocket endpoint at /{path}: the Realtime API is at /v1/realtime."
-        await websocket.send_denial_response(openai_error(404, message, "unknown_url"))
-
-    return app
-
-
-def check_configuration(settings: Settings) -> None:
-    """Raises `ConfigurationError` for a configuration that cannot work, before anything is loaded."""
-    Providers.check(settings)
-
-
-def session_model(session: RealtimeSession) -> str:
-    return getattr(session.config, "model", "-")
+def refusal_response(refusal: Refusal) -> JSONResponse:
+    return openai_error(refusal.status, refusal.message, refusal.code, refusal.type)
 
 
 def session_defaults(settings: Settings) -> SessionDefaults:
@@ -290,7 +99,181 @@ def session_defaults(settings: Settings) -> SessionDefaults:
     )
 
 
-app = create_app()
+def configure_logging(settings: Settings) -> None:
+    logger.remove()
+    logger.add(sys.stderr, level="DEBUG" if settings.debug else settings.log_level.upper())
+
+
+def exit_process(code: int) -> None:
+    """Ends the process at once: nothing is running yet that could be saved (the models did not load)."""
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class RealtimeServer:
+    """What the routes share: the settings, the providers, who may connect, and the open connections."""
+
+    def __init__(self, settings: Settings, on_fatal: Callable[[int], None] = exit_process) -> None:
+        self.settings = settings
+        self.access = AccessControl(settings.api_keys, settings.origins, SecretStore())
+        self.defaults = session_defaults(settings)
+        self.limits = ConnectionLimits(settings.max_event_bytes, settings.session_max_duration_s)
+        self.providers: Providers | None = None
+        self.ready = False
+        self.shutting_down = False
+        self.loading_since = time.monotonic()
+        self.connections: set[RealtimeConnection] = set()
+        self._on_fatal = on_fatal
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(self.settings)
+        try:
+            self.providers = Providers.from_settings(self.settings)
+        except (ConfigurationError, ModelError) as exc:
+            logger.error(f"Configuration error: {exc}")
+            raise SystemExit(EXIT_CONFIGURATION) from None
+        logger.info(f"Providers: {self.providers.description}")
+        logger.info(f"Realtime WebSocket endpoint: {self.settings.websocket_url}")
+        if self.access.open:
+            logger.warning("REALTIME_API_KEYS is empty: anyone who can reach this port may use the server")
+        self.loading_since = time.monotonic()
+        loader = asyncio.create_task(self._load_models(self.providers), name="load-models")
+        yield
+        loader.cancel()
+        await asyncio.gather(loader, return_exceptions=True)
+        await self.shut_down_sessions()
+        for connection in list(self.connections):
+            await connection.pipeline.stop()
+        await self.providers.close()
+
+    async def _load_models(self, providers: Providers) -> None:
+        started = time.monotonic()
+        try:
+            await providers.load()
+        except Exception as exc:
+            logger.error(f"Could not load the models: {exc}")
+            self._on_fatal(EXIT_MODELS_FAILED)
+            return
+        self.ready = True
+        logger.info(f"Models ready in {time.monotonic() - started:.1f}s")
+
+    async def shut_down_sessions(self, timeout_s: float = 3.0) -> None:
+        """Graceful stop: refuse new sessions, end the open ones (responses fail saying why, channels close)."""
+        self.shutting_down = True
+        connections = list(self.connections)
+        if connections:
+            logger.info(f"Shutting down: ending {len(connections)} session(s)")
+            await asyncio.wait(
+                [asyncio.create_task(connection.shutdown()) for connection in connections], timeout=timeout_s
+            )
+
+    # ---- routes ----------------------------------------------------------------------------------------------
+
+    async def health(self) -> JSONResponse:
+        body = {
+            "status": "healthy" if self.ready else "loading",
+            "active_sessions": len(self.connections),
+            "models_ready": self.ready,
+        }
+        return JSONResponse(body, status_code=200 if self.ready else 503)
+
+    async def realtime(self, websocket: WebSocket, model: str | None = None, intent: str | None = None) -> None:
+        handshake = parse_handshake(websocket.headers, list(websocket.scope.get("subprotocols", [])))
+        decision = self.access.admit(
+            websocket.headers.get("origin"),
+            handshake.api_key,
+            open_sessions=len(self.connections),
+            max_sessions=self.settings.max_sessions,
+            shutting_down=self.shutting_down,
+        )
+        if isinstance(decision, Refusal):
+            await websocket.send_denial_response(refusal_response(decision))
+            return
+        await websocket.accept(subprotocol=handshake.subprotocol)
+        providers = self.providers
+        if providers is None or not self.ready:
+            waited = time.monotonic() - self.loading_since
+            message = f"The server is still loading its models ({waited:.0f}s so far): try again in a few seconds."
+            await websocket.send_json(error_event("server_error", "models_loading", message))
+            await websocket.close(code=1013, reason="Models loading")
+            return
+        secret = decision.secret
+        kind: SessionKind = "transcription" if intent == "transcription" else "realtime"
+        session = RealtimeSession(
+            self.defaults,
+            handshake.dialect,
+            kind=secret.kind if secret is not None else kind,
+            model=model or None,
+            initial_update=secret.initial_update() if secret is not None else None,
+        )
+        channel = WebSocketChannel(websocket, self.settings.max_outgoing_events)
+        connection = RealtimeConnection(channel, session, providers, self.limits)
+        self.connections.add(connection)
+        model_name = getattr(session.config, "model", "-")
+        logger.info(
+            f"Session {session.id} opened ({handshake.dialect}, {session.kind}, model={model_name}, {decision.how})"
+        )
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+
+    async def mint_secret(self, request: Request, endpoint: SecretEndpoint) -> JSONResponse:
+        """Ephemeral client secrets, as the real API mints them for browsers (see `client_secrets.py`)."""
+        if not self.access.may_mint(parse_handshake(request.headers, []).api_key):
+            return openai_error(401, "A client secret can only be made with an API key.", "invalid_api_key")
+        try:
+            body = await request.json()
+        except ValueError:
+            return openai_error(400, "The request body is not valid JSON.", "invalid_json")
+        try:
+            return JSONResponse(mint_for_request(body, endpoint, self.defaults, self.access.secrets))
+        except ProtocolError as error:
+            return openai_error(400, error.message, error.code or "invalid_value", param=error.param)
+        except TooManySecrets as exc:
+            return openai_error(429, str(exc), "rate_limit_exceeded", "rate_limit_error")
+
+
+async def unknown_path(websocket: WebSocket, path: str) -> None:
+    # Without this route Starlette refuses with 403, which a client cannot tell from a refused key.
+    message = f"No WebSocket endpoint at /{path}: the Realtime API is at /v1/realtime."
+    await websocket.send_denial_response(openai_error(404, message, "unknown_url"))
+
+
+def create_app(settings: Settings | None = None, on_fatal: Callable[[int], None] = exit_process) -> FastAPI:
+    server = RealtimeServer(settings or get_settings(), on_fatal)
+    app = FastAPI(title="Realtime API server", lifespan=server.lifespan)
+    app.state.server = server
+    app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_websocket_route("/v1/realtime", server.realtime)
+    for endpoint in get_args(SecretEndpoint):
+        app.add_api_route(f"/v1/realtime/{endpoint}", _minting(server, endpoint), methods=["POST"])
+    app.add_api_websocket_route("/{path:path}", unknown_path)
+    return app
+
+
+def _minting(server: RealtimeServer, endpoint: SecretEndpoint) -> Callable[[Request], Any]:
+    async def mint(request: Request) -> JSONResponse:
+        return await server.mint_secret(request, endpoint)
+
+    return mint
+
+
+def check_configuration(settings: Settings) -> None:
+    """Raises `ConfigurationError` for a configuration that cannot work, before anything is loaded."""
+    Providers.check(settings)
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`uvicorn main:app` asks for `app`: it is built then, from the settings, once."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    app = create_app()
+    globals()["app"] = app
+    return app
 
 
 def main() -> None:
@@ -300,7 +283,8 @@ def main() -> None:
         check_configuration(settings)
     except (ConfigurationError, ModelError) as exc:
         logger.error(f"Configuration error: {exc}")
-        sys.exit(2)
+        sys.exit(EXIT_CONFIGURATION)
+    app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.server_host,
@@ -319,12 +303,12 @@ class GracefulServer(uvicorn.Server):
     """On SIGTERM or SIGINT uvicorn would fail every open WebSocket at once with 1012. This ends the sessions first:
     new ones are refused, responses in progress fail with an error saying why, and the sockets close with 1001."""
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(self, config: uvicorn.Config, server: RealtimeServer) -> None:
         super().__init__(config)
-        self._state = state
+        self._server = server
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await self._state.shut_down_sessions()
+        await self._server.shut_down_sessions()
         await super().shutdown(sockets)
 
 

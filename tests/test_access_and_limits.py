@@ -16,6 +16,7 @@ import websockets
 from openai import AsyncOpenAI
 
 from access import AccessControl
+from client_secrets import SecretStore
 from tests.conftest import RunningServer, provider_env, script, start_server
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.realtime_client import connect, validate_server_event
@@ -135,8 +136,8 @@ async def test_expired_client_secret_is_refused(guarded: RunningServer) -> None:
 
 def test_client_secret_expiry_without_waiting() -> None:
     now = [1000.0]
-    access = AccessControl({"k"}, set(), clock=lambda: now[0])
-    secret = access.mint("realtime", {"type": "realtime"}, ttl_s=60)
+    access = AccessControl({"k"}, set(), SecretStore(clock=lambda: now[0]))
+    secret = access.secrets.mint("realtime", {"type": "realtime"}, ttl_s=60)
     assert access.authorize(secret.value) is not None
     now[0] += 61
     assert access.authorize(secret.value) is None
