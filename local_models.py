@@ -431,15 +431,19 @@ _REGISTRY: dict[tuple[Any, ...], Any] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def _shared(key: tuple[Any, ...], factory: Callable[[], T]) -> T:
+def _shared(key: tuple[Any, ...], load: Callable[[], tuple[T, str]]) -> T:
     """Returns the instance already loaded for `key`, or loads it: every session shares one copy of each model.
+    `load` returns the instance and what to call it in the log line that says how long loading took.
 
     Loading holds the lock, so two sessions asking at once wait for one load instead of loading twice.
     """
     with _REGISTRY_LOCK:
         instance = _REGISTRY.get(key)
         if instance is None:
-            instance = _REGISTRY[key] = factory()
+            started = time.perf_counter()
+            instance, description = load()
+            logger.info(f"Loaded {description} in {time.perf_counter() - started:.2f} s")
+            _REGISTRY[key] = instance
         return instance
 
 
@@ -492,10 +496,9 @@ class LocalWhisper:
         threads = cpu_threads if cpu_threads is not None else min(4, os.cpu_count() or 1)
         key = ("whisper", folder, device, compute_type, max_concurrent, threads)
 
-        def factory() -> LocalWhisper:
+        def load() -> tuple[LocalWhisper, str]:
             from faster_whisper import WhisperModel
 
-            started = time.perf_counter()
             model = WhisperModel(
                 str(folder),
                 device=device,
@@ -504,13 +507,12 @@ class LocalWhisper:
                 num_workers=max_concurrent,  # lets concurrent transcribe() calls really run in parallel
                 local_files_only=True,
             )
-            logger.info(
-                f"Loaded Whisper from {folder} ({device}, {compute_type}, {threads} threads, "
-                f"{max_concurrent} concurrent) in {time.perf_counter() - started:.2f} s"
+            description = (
+                f"Whisper from {folder} ({device}, {compute_type}, {threads} threads, {max_concurrent} concurrent)"
             )
-            return cls(model, folder, max_concurrent)
+            return cls(model, folder, max_concurrent), description
 
-        return _shared(key, factory)
+        return _shared(key, load)
 
     @property
     def in_flight(self) -> int:
@@ -606,10 +608,9 @@ class LocalLLM:
         gguf = gguf.resolve()
         key = ("llm", gguf, n_ctx, max_concurrent, n_threads, n_batch, default_max_tokens, cache_ram_mib)
 
-        def factory() -> LocalLLM:
+        def load() -> tuple[LocalLLM, str]:
             import xllamacpp
 
-            started = time.perf_counter()
             params = xllamacpp.CommonParams()
             params.model.path = str(gguf)
             params.n_ctx = n_ctx * max_concurrent
@@ -635,13 +636,12 @@ class LocalLLM:
                 server = xllamacpp.Server(params)
             except RuntimeError as exc:
                 raise ModelCorrupt(f"llama.cpp could not load {gguf}: {exc}") from exc
-            logger.info(
-                f"Loaded LLM {alias} from {gguf} (context {n_ctx} x {max_concurrent} slots, "
-                f"xllamacpp {_version('xllamacpp')}) in {time.perf_counter() - started:.2f} s"
+            description = (
+                f"LLM {alias} from {gguf} (context {n_ctx} x {max_concurrent} slots, xllamacpp {_version('xllamacpp')})"
             )
-            return cls(server, gguf, alias, max_concurrent, default_max_tokens)
+            return cls(server, gguf, alias, max_concurrent, default_max_tokens), description
 
-        return _shared(key, factory)
+        return _shared(key, load)
 
     @property
     def max_concurrent(self) -> int:
@@ -734,18 +734,15 @@ class LocalPiper:
         onnx = piper_voice_path(str(path)).resolve()
         key = ("piper", onnx, max_concurrent, use_cuda)
 
-        def factory() -> LocalPiper:
+        def load() -> tuple[LocalPiper, str]:
             from piper import PiperVoice
 
-            started = time.perf_counter()
             voice = PiperVoice.load(onnx, use_cuda=use_cuda)
-            logger.info(
-                f"Loaded Piper voice {onnx.name} from {onnx.parent} ({voice.config.sample_rate} Hz, "
-                f"piper-tts {_version('piper-tts')}) in {time.perf_counter() - started:.2f} s"
-            )
-            return cls(voice, onnx, max_concurrent)
+            rate = voice.config.sample_rate
+            description = f"Piper voice {onnx.name} from {onnx.parent} ({rate} Hz, piper-tts {_version('piper-tts')})"
+            return cls(voice, onnx, max_concurrent), description
 
-        return _shared(key, factory)
+        return _shared(key, load)
 
     @property
     def sample_rate(self) -> int:

@@ -29,7 +29,7 @@ from protocol import (
     new_id,
 )
 from wire.beta import to_beta_session, to_beta_transcription_session
-from wire.canonical import check_modalities, check_tool, check_tool_choice
+from wire.canonical import check_output_and_tools
 from wire.models import (
     FunctionTool,
     GaAudioFormat,
@@ -162,12 +162,7 @@ class SessionConfigBase(_Config):
                 event_id=event_id,
             )
         patch = update.patch
-        if "output_modalities" in patch:
-            check_modalities(patch["output_modalities"], "session.output_modalities", event_id)
-        for index, tool in enumerate(patch.get("tools") or []):
-            check_tool(tool, f"session.tools[{index}]", event_id)
-        if "tool_choice" in patch:
-            check_tool_choice(patch["tool_choice"], "session.tool_choice", event_id)
+        check_output_and_tools(patch, "session", event_id)
         names = [tool["name"] for tool in patch.get("tools") or []]
         if len(names) != len(set(names)):
             raise ProtocolError("Tool names must be unique.", param="session.tools", event_id=event_id)

@@ -319,17 +319,8 @@ class ResponseStream:
         call = response.calls.get(index)
         if call is None:
             self._close_message(response, "completed")
-            for open_call in list(response.calls.values()):
-                self._close_call(response, open_call, "completed")
-            item = {
-                "id": new_id("item"),
-                "type": "function_call",
-                "object": "realtime.item",
-                "status": "in_progress",
-                "name": name or "",
-                "call_id": call_id or new_id("call"),
-                "arguments": "",
-            }
+            self._close_calls(response, "completed")
+            item = _new_item("function_call", name=name or "", call_id=call_id or new_id("call"), arguments="")
             call = _OpenCall(item=item, output_index=len(response.output))
             response.calls[index] = call
             response.output.append(item)
@@ -375,16 +366,8 @@ class ResponseStream:
     def _ensure_message(self, response: _Response) -> _OpenMessage:
         if response.message is not None:
             return response.message
-        for open_call in list(response.calls.values()):
-            self._close_call(response, open_call, "completed")
-        item = {
-            "id": new_id("item"),
-            "type": "message",
-            "object": "realtime.item",
-            "status": "in_progress",
-            "role": "assistant",
-            "content": [],
-        }
+        self._close_calls(response, "completed")
+        item = _new_item("message", role="assistant", content=[])
         audio_format = AudioFormat.from_wire(response.audio_format)
         message = _OpenMessage(StoredItem(item=item, audio_format=audio_format), output_index=len(response.output))
         response.message = message
@@ -443,8 +426,12 @@ class ResponseStream:
         item["status"] = status
         self._item_finished(response, item, message.output_index)
 
+    def _close_calls(self, response: _Response, status: str) -> None:
+        calls, response.calls = response.calls, {}
+        for call in calls.values():
+            self._close_call(response, call, status)
+
     def _close_call(self, response: _Response, call: _OpenCall, status: str) -> None:
-        del response.calls[next(index for index, open_call in response.calls.items() if open_call is call)]
         item = call.item
         item["arguments"] = "".join(call.arguments)
         item["status"] = status
@@ -466,8 +453,7 @@ class ResponseStream:
     ) -> None:
         item_status = "completed" if status == "completed" else "incomplete"
         self._close_message(response, item_status)
-        for call in list(response.calls.values()):
-            self._close_call(response, call, item_status)
+        self._close_calls(response, item_status)
         del self._responses[response.id]
         done = self._response_object(response, status, details, usage)
         self._outbox.emit(ServerEvent.RESPONSE_DONE, response=done)
@@ -495,3 +481,8 @@ class ResponseStream:
             "usage": usage.to_wire() if usage else None,
             "metadata": response.metadata,
         }
+
+
+def _new_item(item_type: str, **fields: object) -> JsonDict:
+    """An output item as it opens (`in_progress`)."""
+    return {"id": new_id("item"), "type": item_type, "object": "realtime.item", "status": "in_progress", **fields}

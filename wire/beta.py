@@ -3,7 +3,7 @@ server events, sessions, items and responses into their beta shapes (out)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from protocol import (
@@ -57,41 +57,52 @@ def _beta_tool_choice(choice: str) -> str | JsonDict:
     return choice if choice in ("auto", "none", "required") else {"type": "function", "name": choice}
 
 
+def _renamed(source: JsonDict, names: Mapping[str, str], convert: Mapping[str, Callable[[Any], Any]]) -> JsonDict:
+    """The entries of `source` listed in `names`, under their GA names, converted where `convert` says."""
+    return {
+        ga_name: convert[beta_name](source[beta_name]) if beta_name in convert else source[beta_name]
+        for beta_name, ga_name in names.items()
+        if beta_name in source
+    }
+
+
+_AUDIO_INPUT_NAMES = {
+    "input_audio_format": "format",
+    "input_audio_transcription": "transcription",
+    "input_audio_noise_reduction": "noise_reduction",
+    "turn_detection": "turn_detection",
+}
+_AUDIO_OUTPUT_NAMES = {"output_audio_format": "format", "voice": "voice", "speed": "speed"}
+_CONVERSIONS: dict[str, Callable[[Any], Any]] = {
+    "input_audio_format": _BETA_FORMATS.__getitem__,
+    "output_audio_format": _BETA_FORMATS.__getitem__,
+    "turn_detection": _beta_turn_detection,
+}
+
+
 def _beta_audio_input_patch(session: JsonDict) -> JsonDict:
-    audio_input: JsonDict = {}
-    if "input_audio_format" in session:
-        audio_input["format"] = _BETA_FORMATS[session["input_audio_format"]]
-    if "input_audio_transcription" in session:
-        audio_input["transcription"] = session["input_audio_transcription"]
-    if "input_audio_noise_reduction" in session:
-        audio_input["noise_reduction"] = session["input_audio_noise_reduction"]
-    if "turn_detection" in session:
-        audio_input["turn_detection"] = _beta_turn_detection(session["turn_detection"])
-    return audio_input
+    return _renamed(session, _AUDIO_INPUT_NAMES, _CONVERSIONS)
+
+
+def _beta_common(given: JsonDict, scope: str, event_id: str | None, names: Mapping[str, str]) -> JsonDict:
+    """What a beta session and a beta response share: renamed fields, modalities and the tool choice."""
+    patch = _renamed(given, names, _CONVERSIONS)
+    if "modalities" in given:
+        patch["output_modalities"] = _beta_modalities(given["modalities"], f"{scope}.modalities", event_id)
+    if given.get("tool_choice") is not None:
+        patch["tool_choice"] = _beta_tool_choice(given["tool_choice"])
+    return patch
 
 
 def beta_session_update(model: BetaSession, event_id: str | None) -> SessionUpdate:
     session = dump(model)
-    patch: JsonDict = {"type": "realtime"}
-    for key in ("model", "instructions", "tracing"):
-        if key in session:
-            patch[key] = session[key]
-    if "modalities" in session:
-        patch["output_modalities"] = _beta_modalities(session["modalities"], "session.modalities", event_id)
-    if "max_response_output_tokens" in session:
-        patch["max_output_tokens"] = session["max_response_output_tokens"]
-    if "tools" in session:
-        patch["tools"] = session["tools"]
-    if "tool_choice" in session and session["tool_choice"] is not None:
-        patch["tool_choice"] = _beta_tool_choice(session["tool_choice"])
+    names = {key: key for key in ("model", "instructions", "tracing", "tools")}
+    patch: JsonDict = {
+        "type": "realtime",
+        **_beta_common(session, "session", event_id, {**names, "max_response_output_tokens": "max_output_tokens"}),
+    }
     audio_input = _beta_audio_input_patch(session)
-    audio_output: JsonDict = {}
-    if "output_audio_format" in session:
-        audio_output["format"] = _BETA_FORMATS[session["output_audio_format"]]
-    if "voice" in session:
-        audio_output["voice"] = session["voice"]
-    if "speed" in session:
-        audio_output["speed"] = session["speed"]
+    audio_output = _renamed(session, _AUDIO_OUTPUT_NAMES, _CONVERSIONS)
     audio = {key: value for key, value in (("input", audio_input), ("output", audio_output)) if value}
     if audio:
         patch["audio"] = audio
@@ -158,21 +169,9 @@ def beta_response_create(model: BetaResponseParams | None, event_id: str | None)
     if model is None:
         return ResponseCreate(event_id, {})
     response = dump(model)
-    params: JsonDict = {}
-    for key in ("conversation", "instructions", "metadata", "tools"):
-        if key in response:
-            params[key] = response[key]
-    if "modalities" in response:
-        params["output_modalities"] = _beta_modalities(response["modalities"], "response.modalities", event_id)
-    if "max_response_output_tokens" in response:
-        params["max_output_tokens"] = response["max_response_output_tokens"]
-    if response.get("tool_choice") is not None:
-        params["tool_choice"] = _beta_tool_choice(response["tool_choice"])
-    output: JsonDict = {}
-    if "voice" in response:
-        output["voice"] = response["voice"]
-    if "output_audio_format" in response:
-        output["format"] = _BETA_FORMATS[response["output_audio_format"]]
+    names = {key: key for key in ("conversation", "instructions", "metadata", "tools")}
+    params = _beta_common(response, "response", event_id, {**names, "max_response_output_tokens": "max_output_tokens"})
+    output = _renamed(response, {"voice": "voice", "output_audio_format": "format"}, _CONVERSIONS)
     if output:
         params["audio"] = {"output": output}
     if "input" in response:

@@ -23,12 +23,7 @@ def check_response_params(params: JsonDict, event_id: str | None) -> None:
             param="response.conversation",
             event_id=event_id,
         )
-    if "output_modalities" in params:
-        check_modalities(params["output_modalities"], "response.output_modalities", event_id)
-    for index, tool in enumerate(params.get("tools") or []):
-        check_tool(tool, f"response.tools[{index}]", event_id)
-    if "tool_choice" in params:
-        check_tool_choice(params["tool_choice"], "response.tool_choice", event_id)
+    check_output_and_tools(params, "response", event_id)
     canonical_input = []
     for index, item in enumerate(params.get("input") or []):
         if item.get("type") == "item_reference":
@@ -37,6 +32,16 @@ def check_response_params(params: JsonDict, event_id: str | None) -> None:
             canonical_input.append(canonical_item(item, f"response.input[{index}]", event_id))
     if "input" in params:
         params["input"] = canonical_input
+
+
+def check_output_and_tools(params: JsonDict, scope: str, event_id: str | None) -> None:
+    """The `output_modalities`, `tools` and `tool_choice` of a session or a response (`scope`), where given."""
+    if "output_modalities" in params:
+        check_modalities(params["output_modalities"], f"{scope}.output_modalities", event_id)
+    for index, tool in enumerate(params.get("tools") or []):
+        check_tool(tool, f"{scope}.tools[{index}]", event_id)
+    if "tool_choice" in params:
+        check_tool_choice(params["tool_choice"], f"{scope}.tool_choice", event_id)
 
 
 def check_modalities(modalities: list[str], param: str, event_id: str | None) -> None:

@@ -48,21 +48,28 @@ class GaPcmaFormat(_Wire):
 GaAudioFormat = Annotated[GaPcmFormat | GaPcmuFormat | GaPcmaFormat, Field(discriminator="type")]
 
 
-class GaServerVad(_Wire):
-    type: Literal["server_vad"]
+class _TurnResponseFlags(_Wire):
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+
+
+class _ServerVadSettings(_Wire):
     threshold: Probability | None = None
     prefix_padding_ms: NonNegativeInt | None = None
     silence_duration_ms: NonNegativeInt | None = None
     idle_timeout_ms: Annotated[int, Field(ge=1)] | None = None
-    create_response: bool | None = None
-    interrupt_response: bool | None = None
 
 
-class GaSemanticVad(_Wire):
+Eagerness = Literal["low", "medium", "high", "auto"]
+
+
+class GaServerVad(_ServerVadSettings, _TurnResponseFlags):
+    type: Literal["server_vad"]
+
+
+class GaSemanticVad(_TurnResponseFlags):
     type: Literal["semantic_vad"]
-    eagerness: Literal["low", "medium", "high", "auto"] | None = None
-    create_response: bool | None = None
-    interrupt_response: bool | None = None
+    eagerness: Eagerness | None = None
 
 
 GaTurnDetection = Annotated[GaServerVad | GaSemanticVad, Field(discriminator="type")]
@@ -73,10 +80,13 @@ class NoiseReduction(_Wire):
     strength: float | None = None
 
 
-class GaTranscription(_Wire):
+class BetaTranscription(_Wire):
     model: str | None = None
     language: str | None = None
     prompt: str | None = None
+
+
+class GaTranscription(BetaTranscription):
     languages: list[str] | None = None
     keywords: list[str] | None = None
     delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
@@ -157,21 +167,26 @@ class Reasoning(_Wire):
     effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
 
 
-class GaRealtimeSession(_Wire):
-    type: Literal["realtime"]
-    model: str | None = None
+class _GaGeneration(_Wire):
+    """What a GA session and a GA response both set about the replies."""
+
     instructions: str | None = None
     output_modalities: list[Modality] | None = None
-    audio: GaAudio | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     max_output_tokens: OutputTokens | None = None
-    include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
-    tracing: Literal["auto"] | TracingConfig | None = None
-    truncation: Literal["auto", "disabled"] | RetentionRatioTruncation | None = None
     prompt: PromptReference | None = None
     reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
+
+
+class GaRealtimeSession(_GaGeneration):
+    type: Literal["realtime"]
+    model: str | None = None
+    audio: GaAudio | None = None
+    include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
+    tracing: Literal["auto"] | TracingConfig | None = None
+    truncation: Literal["auto", "disabled"] | RetentionRatioTruncation | None = None
 
 
 class GaTranscriptionAudio(_Wire):
@@ -196,32 +211,31 @@ class ContentPart(_Wire):
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class MessageItem(_Wire):
-    type: Literal["message"]
-    role: Literal["system", "user", "assistant"]
-    content: list[ContentPart]
+class _ItemEnvelope(_Wire):
+    """What any item a client sends may carry besides its own fields."""
+
     id: str | None = None
     object: Literal["realtime.item"] | None = None
     status: Literal["completed", "incomplete", "in_progress"] | None = None
 
 
-class FunctionCallItem(_Wire):
+class MessageItem(_ItemEnvelope):
+    type: Literal["message"]
+    role: Literal["system", "user", "assistant"]
+    content: list[ContentPart]
+
+
+class FunctionCallItem(_ItemEnvelope):
     type: Literal["function_call"]
     name: str
     arguments: str
     call_id: str | None = None
-    id: str | None = None
-    object: Literal["realtime.item"] | None = None
-    status: Literal["completed", "incomplete", "in_progress"] | None = None
 
 
-class FunctionCallOutputItem(_Wire):
+class FunctionCallOutputItem(_ItemEnvelope):
     type: Literal["function_call_output"]
     call_id: str
     output: str
-    id: str | None = None
-    object: Literal["realtime.item"] | None = None
-    status: Literal["completed", "incomplete", "in_progress"] | None = None
 
 
 class McpItem(_LooseWire):
@@ -248,19 +262,11 @@ class GaResponseAudio(_Wire):
     output: GaResponseAudioOutput | None = None
 
 
-class GaResponseParams(_Wire):
+class GaResponseParams(_GaGeneration):
     conversation: str | None = None
     input: list[GaInputItem] | None = None
-    instructions: str | None = None
-    output_modalities: list[Modality] | None = None
     audio: GaResponseAudio | None = None
-    tools: list[Tool] | None = None
-    tool_choice: ToolChoice | None = None
-    max_output_tokens: OutputTokens | None = None
     metadata: Metadata = None
-    prompt: PromptReference | None = None
-    reasoning: Reasoning | None = None
-    parallel_tool_calls: bool | None = None
 
 
 # ---- beta ---------------------------------------------------------------------------------------------------
@@ -268,21 +274,9 @@ class GaResponseParams(_Wire):
 BetaAudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]
 
 
-class BetaTurnDetection(_Wire):
+class BetaTurnDetection(_ServerVadSettings, _TurnResponseFlags):
     type: Literal["server_vad", "semantic_vad"] = "server_vad"
-    threshold: Probability | None = None
-    prefix_padding_ms: NonNegativeInt | None = None
-    silence_duration_ms: NonNegativeInt | None = None
-    idle_timeout_ms: Annotated[int, Field(ge=1)] | None = None
-    create_response: bool | None = None
-    interrupt_response: bool | None = None
-    eagerness: Literal["low", "medium", "high", "auto"] | None = None
-
-
-class BetaTranscription(_Wire):
-    model: str | None = None
-    language: str | None = None
-    prompt: str | None = None
+    eagerness: Eagerness | None = None
 
 
 class ClientSecretExpiry(_Wire):
@@ -295,33 +289,38 @@ class BetaClientSecret(_Wire):
     expires_at: ClientSecretExpiry | None = None
 
 
-class BetaSession(_Wire):
-    model: str | None = None
-    modalities: list[Modality] | None = None
-    instructions: str | None = None
-    voice: str | None = None
-    speed: Annotated[float, Field(ge=0.25, le=1.5)] | None = None
+class _BetaAudioInput(_Wire):
+    """The input settings a beta session and a beta transcription session share."""
+
     input_audio_format: BetaAudioFormat | None = None
-    output_audio_format: BetaAudioFormat | None = None
     input_audio_transcription: BetaTranscription | None = None
     input_audio_noise_reduction: NoiseReduction | None = None
     turn_detection: BetaTurnDetection | None = None
+    modalities: list[Modality] | None = None
+    client_secret: BetaClientSecret | None = None
+
+
+class _BetaGeneration(_Wire):
+    """What a beta session and a beta response both set about the replies."""
+
+    instructions: str | None = None
+    modalities: list[Modality] | None = None
+    voice: str | None = None
+    output_audio_format: BetaAudioFormat | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: str | None = None
     temperature: Annotated[float, Field(ge=0.6, le=1.2)] | None = None
     max_response_output_tokens: OutputTokens | None = None
+
+
+class BetaSession(_BetaGeneration, _BetaAudioInput):
+    model: str | None = None
+    speed: Annotated[float, Field(ge=0.25, le=1.5)] | None = None
     tracing: Literal["auto"] | TracingConfig | None = None
-    client_secret: BetaClientSecret | None = None
 
 
-class BetaTranscriptionSession(_Wire):
-    input_audio_format: BetaAudioFormat | None = None
-    input_audio_transcription: BetaTranscription | None = None
-    input_audio_noise_reduction: NoiseReduction | None = None
-    turn_detection: BetaTurnDetection | None = None
+class BetaTranscriptionSession(_BetaAudioInput):
     include: list[str] | None = None
-    modalities: list[Modality] | None = None
-    client_secret: BetaClientSecret | None = None
 
 
 class BetaContentPart(_Wire):
@@ -334,11 +333,8 @@ class BetaContentPart(_Wire):
     id: str | None = None
 
 
-class BetaItem(_Wire):
+class BetaItem(_ItemEnvelope):
     type: Literal["message", "function_call", "function_call_output", "item_reference"] | None = None
-    id: str | None = None
-    object: Literal["realtime.item"] | None = None
-    status: Literal["completed", "incomplete", "in_progress"] | None = None
     role: Literal["user", "assistant", "system"] | None = None
     content: list[BetaContentPart] | None = None
     name: str | None = None
@@ -347,17 +343,9 @@ class BetaItem(_Wire):
     output: str | None = None
 
 
-class BetaResponseParams(_Wire):
+class BetaResponseParams(_BetaGeneration):
     conversation: str | None = None
     input: list[BetaItem] | None = None
-    instructions: str | None = None
-    modalities: list[Modality] | None = None
-    voice: str | None = None
-    output_audio_format: BetaAudioFormat | None = None
-    tools: list[FunctionTool] | None = None
-    tool_choice: str | None = None
-    temperature: Annotated[float, Field(ge=0.6, le=1.2)] | None = None
-    max_response_output_tokens: OutputTokens | None = None
     metadata: Metadata = None
 
 

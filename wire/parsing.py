@@ -7,25 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from protocol import (
-    AudioAppend,
-    AudioClear,
-    AudioCommit,
-    ClientCommand,
-    ClientEvent,
-    Dialect,
-    ItemCreate,
-    ItemDelete,
-    ItemRetrieve,
-    ItemTruncate,
-    JsonDict,
-    OutputAudioClear,
-    ProtocolError,
-    ResponseCancel,
-    ResponseCreate,
-    SecretRequest,
-    SessionUpdate,
-)
+import protocol
+from protocol import ClientCommand, ClientEvent, Dialect, JsonDict, ProtocolError, SecretRequest
 from wire.beta import (
     beta_item_to_ga,
     beta_response_create,
@@ -102,7 +85,7 @@ def parse_client_event(raw: str | bytes, dialect: Dialect) -> ClientCommand:
     return _to_command(event, dialect)
 
 
-def _parse_append_fast(data: JsonDict, event_id: str | None) -> AudioAppend:
+def _parse_append_fast(data: JsonDict, event_id: str | None) -> protocol.AudioAppend:
     """`input_audio_buffer.append` is the hot path (50 per second per session): checked by hand, same errors."""
     for key in data:
         if key not in ("type", "event_id", "audio"):
@@ -114,7 +97,7 @@ def _parse_append_fast(data: JsonDict, event_id: str | None) -> AudioAppend:
         raise ProtocolError("Missing required parameter: 'audio'.", "missing_required_parameter", "audio", event_id)
     if not isinstance(audio, str):
         raise invalid_type("audio", "a string", audio, event_id)
-    return AudioAppend(event_id, audio)
+    return protocol.AudioAppend(event_id, audio)
 
 
 def _to_command(event: EventModel, dialect: Dialect) -> ClientCommand:
@@ -122,21 +105,21 @@ def _to_command(event: EventModel, dialect: Dialect) -> ClientCommand:
     match event:
         case GaSessionUpdate():
             session = event.session
-            return SessionUpdate(eid, session.type, dump(session))
+            return protocol.SessionUpdate(eid, session.type, dump(session))
         case BetaSessionUpdate():
             return beta_session_update(event.session, eid)
         case BetaTranscriptionSessionUpdate():
             return beta_transcription_update(event.session, eid)
         case AudioCommitEvent():
-            return AudioCommit(eid)
+            return protocol.AudioCommit(eid)
         case AudioClearEvent():
-            return AudioClear(eid)
+            return protocol.AudioClear(eid)
         case OutputAudioClearEvent():
-            return OutputAudioClear(eid)
+            return protocol.OutputAudioClear(eid)
         case GaItemCreate():
             given = "previous_item_id" in event.model_fields_set
             item = canonical_item(dump(event.item), "item", eid)
-            return ItemCreate(eid, item, event.previous_item_id, given)
+            return protocol.ItemCreate(eid, item, event.previous_item_id, given)
         case BetaItemCreate():
             given = "previous_item_id" in event.model_fields_set
             ga_item = beta_item_to_ga(dump(event.item))
@@ -146,21 +129,21 @@ def _to_command(event: EventModel, dialect: Dialect) -> ClientCommand:
                     "Item references can only be used in response.input.", param="item.type", event_id=eid
                 )
             item = canonical_item(ga_item, "item", eid)
-            return ItemCreate(eid, item, event.previous_item_id, given)
+            return protocol.ItemCreate(eid, item, event.previous_item_id, given)
         case ItemRetrieveEvent():
-            return ItemRetrieve(eid, event.item_id)
+            return protocol.ItemRetrieve(eid, event.item_id)
         case ItemDeleteEvent():
-            return ItemDelete(eid, event.item_id)
+            return protocol.ItemDelete(eid, event.item_id)
         case ItemTruncateEvent():
-            return ItemTruncate(eid, event.item_id, event.content_index, event.audio_end_ms)
+            return protocol.ItemTruncate(eid, event.item_id, event.content_index, event.audio_end_ms)
         case GaResponseCreate():
             params = dump(event.response) if event.response is not None else {}
             check_response_params(params, eid)
-            return ResponseCreate(eid, params)
+            return protocol.ResponseCreate(eid, params)
         case BetaResponseCreate():
             return beta_response_create(event.response, eid)
         case ResponseCancelEvent():
-            return ResponseCancel(eid, event.response_id)
+            return protocol.ResponseCancel(eid, event.response_id)
     raise AssertionError(f"unhandled event model {type(event).__name__}")  # pragma: no cover
 
 
