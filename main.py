@@ -28,8 +28,9 @@ from access import DEFAULT_SECRET_TTL_S, AccessControl
 from config import Settings, get_settings
 from local_models import ModelError
 from protocol import Dialect, ProtocolError, SessionKind, error_event, parse_secret_request
+from providers.errors import ConfigurationError
 from realtime_session import RealtimeSession, SessionDefaults
-from service_providers import ConfigurationError, Providers
+from service_providers import Providers
 from transport import ConnectionLimits, RealtimeConnection
 
 REALTIME_SUBPROTOCOL = "realtime"
