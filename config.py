@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     ollama_base_url: str = "http://localhost:11434/v1"
     ollama_model: str = "llama3.2"
 
-    # Third-party providers (cloud_providers.py); each key is needed only when its provider is chosen.
+    # Third-party providers (providers/); each key is needed only when its provider is chosen.
     # Deepgram speech-to-text (STT_PROVIDER=deepgram): the streaming WebSocket, one connection per committed turn
     deepgram_api_key: SecretStr | None = None
     deepgram_model: str = "nova-2"

@@ -25,8 +25,10 @@ from pipecat.frames.frames import ErrorFrame
 
 from pipeline_manager import PipelineManager
 from protocol import JsonDict, ProtocolError
+from providers.base import Transcript
+from providers.errors import ProviderError, provider_failure
 from realtime_session import RealtimeSession
-from service_providers import Providers, Transcript, failure_from_error_text, provider_failure
+from service_providers import Providers
 from session.commands import CancelResponse, ProviderFailure
 from transport import Ending, EventChannel, RealtimeInputProcessor, RealtimeOutputProcessor
 from turn_detection import TurnEvent, TurnEventKind
@@ -200,11 +202,10 @@ class RealtimeConnection:
     async def on_pipeline_error(self, frame: ErrorFrame) -> None:
         """A service reported an error (the TTS, usually): the response in progress fails, the session goes on."""
         response_id = self.pipeline.current_response_id
-        secrets = self._providers.secrets
-        if frame.exception is not None:
-            failure = provider_failure("TTS", self._providers.tts.name, frame.exception, secrets)
-        else:
-            failure = failure_from_error_text("TTS", self._providers.tts.name, frame.error, secrets)
+        # Our TTS services raise `ProviderError`s, which Pipecat passes on as the frame's `exception`; an error of
+        # Pipecat's own (a reply that produced no audio, say) carries only its text.
+        exception = frame.exception if frame.exception is not None else ProviderError(frame.error)
+        failure = provider_failure("TTS", self._providers.tts.name, exception, self._providers.secrets)
         logger.warning(f"Session {self.session.id}: pipeline error: {failure.message}")
         if response_id is None:
             return

@@ -32,8 +32,9 @@ from config import Settings, get_settings
 from connection import ConnectionLimits, RealtimeConnection
 from local_models import ModelError
 from protocol import Dialect, ProtocolError, SessionKind, error_event
+from providers.errors import ConfigurationError
 from realtime_session import RealtimeSession
-from service_providers import ConfigurationError, Providers
+from service_providers import Providers
 from session.configuration import SessionDefaults
 from transport import WebSocketChannel
 

@@ -25,7 +25,8 @@ from pipecat.workers.runner import WorkerRunner
 
 from audio_utils import PIPELINE_INPUT_RATE, PIPELINE_OUTPUT_RATE
 from pipeline_frames import ResponseRequestFrame, TranscribeFrame
-from service_providers import Providers, TranscriptionPort
+from pipeline_stages import TranscriptionPort
+from service_providers import Providers
 from session.commands import (
     CancelResponse,
     Command,

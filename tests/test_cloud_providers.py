@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from config import Settings
-from service_providers import ConfigurationError, Providers
+from providers.errors import ConfigurationError
+from service_providers import Providers
 from tests.audio_fixtures import chunks, pcm24k, silence24k
 from tests.conftest import ROOT, RunningServer, fake_requests, free_port, script, start_server
 from tests.fakes.deepgram_fake import FakeDeepgram
@@ -271,17 +272,19 @@ def test_server_refuses_to_start_naming_the_missing_key(tmp_path) -> None:
 def test_voices_map_onto_each_provider() -> None:
     import edge_tts
 
-    import cloud_providers
+    from providers.edge import EdgeTtsProvider
+    from providers.elevenlabs import ElevenLabsTtsProvider
+    from providers.siliconflow import SiliconFlowTtsProvider
 
-    edge_provider = cloud_providers.EdgeTtsProvider("zh-CN-XiaoxiaoNeural", None, 5.0)
+    edge_provider = EdgeTtsProvider("zh-CN-XiaoxiaoNeural", None, 5.0)
     assert edge_tts.communicate.WSS_URL.startswith("wss://speech.platform.bing.com/")  # unset: Microsoft's own
     assert edge_provider.voice_for("alloy") == "zh-CN-XiaoxiaoNeural"
     assert edge_provider.voice_for("en-US-AriaNeural") == "en-US-AriaNeural"
     assert edge_provider.voice_for("zh-CN-liaoning-XiaobeiNeural") == "zh-CN-liaoning-XiaobeiNeural"
-    eleven = cloud_providers.ElevenLabsTtsProvider("k", "21m00Tcm4TlvDq8ikWAM", "eleven_flash_v2_5", "http://x", 5.0)
+    eleven = ElevenLabsTtsProvider("k", "21m00Tcm4TlvDq8ikWAM", "eleven_flash_v2_5", "http://x", 5.0)
     assert eleven.voice_for("marin") == "21m00Tcm4TlvDq8ikWAM"
     assert eleven.voice_for("JBFqnCBsd6RMkjVDRZzb") == "JBFqnCBsd6RMkjVDRZzb"
-    silicon = cloud_providers.SiliconFlowTtsProvider("k", "http://x/v1", "FunAudioLLM/CosyVoice2-0.5B", "alex", 5.0)
+    silicon = SiliconFlowTtsProvider("k", "http://x/v1", "FunAudioLLM/CosyVoice2-0.5B", "alex", 5.0)
     assert silicon.default_voice == "FunAudioLLM/CosyVoice2-0.5B:alex"
     assert silicon.voice_for("anna") == "FunAudioLLM/CosyVoice2-0.5B:anna"
     assert silicon.voice_for("speech:my-voice:abc:def") == "speech:my-voice:abc:def"
@@ -289,7 +292,7 @@ def test_voices_map_onto_each_provider() -> None:
 
 
 def test_transcript_segments_join_without_spaces_in_chinese() -> None:
-    from cloud_providers import _join
+    from providers.deepgram import _join
 
     assert _join(["hello there", "how are you"]) == "hello there how are you"
     assert _join(["今天 天气", "怎么样？"]) == "今天天气怎么样？"
@@ -297,7 +300,7 @@ def test_transcript_segments_join_without_spaces_in_chinese() -> None:
 
 
 def test_edge_mp3_is_decoded_as_it_arrives() -> None:
-    from cloud_providers import Mp3Decoder
+    from providers.edge import Mp3Decoder
 
     audio = mp3(1000)
     decoder = Mp3Decoder()
@@ -312,22 +315,25 @@ def test_edge_mp3_is_decoded_as_it_arrives() -> None:
 async def test_a_provider_that_cannot_be_reached_is_reported_unavailable(monkeypatch, provider: str) -> None:
     import edge_tts
 
-    import cloud_providers
-    from service_providers import provider_failure
+    from providers.deepgram import DeepgramTranscriber
+    from providers.edge import EdgeTtsProvider
+    from providers.elevenlabs import ElevenLabsTtsProvider
+    from providers.errors import provider_failure
+    from providers.siliconflow import SiliconFlowTtsProvider
 
     monkeypatch.setattr(edge_tts.communicate, "WSS_URL", edge_tts.communicate.WSS_URL)  # restored afterwards
     closed = f"127.0.0.1:{free_port()}"
     with pytest.raises(Exception) as caught:
         if provider == "deepgram":
-            transcriber = cloud_providers.DeepgramTranscriber(DG_KEY, "nova-2", None, f"ws://{closed}", 2.0)
+            transcriber = DeepgramTranscriber(DG_KEY, "nova-2", None, f"ws://{closed}", 2.0)
             await transcriber.transcribe(b"\x00\x00" * 1600, None, None)
         else:
             tts = {
-                "edge_tts": lambda: cloud_providers.EdgeTtsProvider("zh-CN-XiaoxiaoNeural", f"ws://{closed}/x", 2.0),
-                "elevenlabs": lambda: cloud_providers.ElevenLabsTtsProvider(
+                "edge_tts": lambda: EdgeTtsProvider("zh-CN-XiaoxiaoNeural", f"ws://{closed}/x", 2.0),
+                "elevenlabs": lambda: ElevenLabsTtsProvider(
                     EL_KEY, "21m00Tcm4TlvDq8ikWAM", "eleven_flash_v2_5", f"http://{closed}", 2.0
                 ),
-                "siliconflow": lambda: cloud_providers.SiliconFlowTtsProvider(
+                "siliconflow": lambda: SiliconFlowTtsProvider(
                     SF_KEY, f"http://{closed}/v1", "FunAudioLLM/CosyVoice2-0.5B", "alex", 2.0
                 ),
             }[provider]()

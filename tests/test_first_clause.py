@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service_providers import FirstClauseAggregator
+from providers.tts import FirstClauseAggregator
 
 
 async def split(chunks: list[str]) -> list[str]:
