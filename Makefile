@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-dev lint bench clean
+.PHONY: run test test-fast install install-dev lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,13 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The whole suite: real models, servers started as users start them, loopback fakes of every provider.
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The pure tier: the session core, the wire protocol, access, providers' mapping, configuration (seconds, no servers).
+test-fast: install-dev
+	$(BIN)/python -m pytest -q tests/unit
 
 # Response latency: back to back (throughput-bound), then 50 sessions paced like users who listen before speaking.
 bench: install-dev

@@ -1,18 +1,53 @@
 """Who may open a session: API keys, ephemeral client secrets, browser origins, and the server's own limits.
 Pure: no I/O.
 
-With no `REALTIME_API_KEYS` configured the server is open (meant for local use). With keys, a connection must
-present one of them, or an ephemeral client secret (`ek_…`, see `client_secrets.py`) minted with one. Each
-connection attempt is decided once, by `admit`: a `Grant` (starting from the secret's configuration if it was one) or
-a `Refusal`, which the handshake answers with an HTTP status and OpenAI's error body.
+What a client asks for is read off its upgrade request (`parse_handshake`: dialect, subprotocol, key). With no
+`REALTIME_API_KEYS` configured the server is open (meant for local use). With keys, a connection must present one
+of them, or an ephemeral client secret (`ek_…`, see `client_secrets.py`) minted with one. Each connection attempt is
+decided once, by `admit`: a `Grant` (starting from the secret's configuration if it was one) or a `Refusal`, which
+the handshake answers with an HTTP status and OpenAI's error body.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from client_secrets import ClientSecret, SecretStore
+from protocol import Dialect
+
+REALTIME_SUBPROTOCOL = "realtime"
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
+API_KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+
+
+@dataclass
+class Handshake:
+    """What the client asked for when it opened the socket."""
+
+    dialect: Dialect
+    subprotocol: str | None
+    api_key: str | None
+
+
+def parse_handshake(headers: Mapping[str, str], subprotocols: list[str]) -> Handshake:
+    """Dialect, selected subprotocol and API key from the upgrade request, as OpenAI's clients send them.
+
+    Browsers cannot set headers, so they send the key as the `openai-insecure-api-key.<key>` subprotocol (which is
+    never echoed back) and ask for the beta dialect with `openai-beta.realtime-v1`.
+    """
+    api_key = None
+    authorization = headers.get("authorization") or ""
+    if authorization.lower().startswith("bearer "):
+        api_key = authorization[7:].strip() or None
+    for protocol in subprotocols:
+        if protocol.startswith(API_KEY_SUBPROTOCOL_PREFIX) and api_key is None:
+            api_key = protocol[len(API_KEY_SUBPROTOCOL_PREFIX) :] or None
+    beta_header = "realtime=v1" in (headers.get("openai-beta") or "").replace(" ", "").lower()
+    dialect: Dialect = "beta" if beta_header or BETA_SUBPROTOCOL in subprotocols else "ga"
+    subprotocol = REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in subprotocols else None
+    return Handshake(dialect=dialect, subprotocol=subprotocol, api_key=api_key)
 
 
 @dataclass(frozen=True)

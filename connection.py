@@ -65,7 +65,9 @@ class RealtimeConnection:
         self._providers = providers
         self._reader: asyncio.Task[None] | None = None
         self._end_tasks: set[asyncio.Task[None]] = set()
-        self.pipeline = PipelineManager(providers, self, RealtimeInputProcessor(self), RealtimeOutputProcessor(self))
+        self.pipeline = PipelineManager(
+            providers, self, RealtimeInputProcessor(self), RealtimeOutputProcessor(self), session.id
+        )
 
     async def run(self) -> None:
         started = time.monotonic()

@@ -16,9 +16,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, get_args
 
 import uvicorn
@@ -26,51 +25,20 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 from loguru import logger
 
-from access import AccessControl, Refusal
+from access import AccessControl, Refusal, parse_handshake
 from client_secrets import SecretEndpoint, SecretStore, TooManySecrets, mint_for_request
 from config import Settings, get_settings
 from connection import ConnectionLimits, RealtimeConnection
 from local_models import ModelError
-from protocol import Dialect, ProtocolError, SessionKind, error_event
+from protocol import ProtocolError, SessionKind, error_event
 from providers.errors import ConfigurationError
 from realtime_session import RealtimeSession
 from service_providers import Providers
 from session.configuration import SessionDefaults
 from transport import WebSocketChannel
 
-REALTIME_SUBPROTOCOL = "realtime"
-BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
-API_KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 EXIT_CONFIGURATION = 2
 EXIT_MODELS_FAILED = 3
-
-
-@dataclass
-class Handshake:
-    """What the client asked for when it opened the socket."""
-
-    dialect: Dialect
-    subprotocol: str | None
-    api_key: str | None
-
-
-def parse_handshake(headers: Mapping[str, str], subprotocols: list[str]) -> Handshake:
-    """Dialect, selected subprotocol and API key from the upgrade request, as OpenAI's clients send them.
-
-    Browsers cannot set headers, so they send the key as the `openai-insecure-api-key.<key>` subprotocol (which is
-    never echoed back) and ask for the beta dialect with `openai-beta.realtime-v1`.
-    """
-    api_key = None
-    authorization = headers.get("authorization") or ""
-    if authorization.lower().startswith("bearer "):
-        api_key = authorization[7:].strip() or None
-    for protocol in subprotocols:
-        if protocol.startswith(API_KEY_SUBPROTOCOL_PREFIX) and api_key is None:
-            api_key = protocol[len(API_KEY_SUBPROTOCOL_PREFIX) :] or None
-    beta_header = "realtime=v1" in (headers.get("openai-beta") or "").replace(" ", "").lower()
-    dialect: Dialect = "beta" if beta_header or BETA_SUBPROTOCOL in subprotocols else "ga"
-    subprotocol = REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in subprotocols else None
-    return Handshake(dialect=dialect, subprotocol=subprotocol, api_key=api_key)
 
 
 def openai_error(
@@ -114,9 +82,11 @@ def exit_process(code: int) -> None:
 class RealtimeServer:
     """What the routes share: the settings, the providers, who may connect, and the open connections."""
 
-    def __init__(self, settings: Settings, on_fatal: Callable[[int], None] = exit_process) -> None:
+    def __init__(
+        self, settings: Settings, on_fatal: Callable[[int], None] = exit_process, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
-        self.access = AccessControl(settings.api_keys, settings.origins, SecretStore())
+        self.access = AccessControl(settings.api_keys, settings.origins, SecretStore(clock))
         self.defaults = session_defaults(settings)
         self.limits = ConnectionLimits(settings.max_event_bytes, settings.session_max_duration_s)
         self.providers: Providers | None = None
@@ -244,8 +214,13 @@ async def unknown_path(websocket: WebSocket, path: str) -> None:
     await websocket.send_denial_response(openai_error(404, message, "unknown_url"))
 
 
-def create_app(settings: Settings | None = None, on_fatal: Callable[[int], None] = exit_process) -> FastAPI:
-    server = RealtimeServer(settings or get_settings(), on_fatal)
+def create_app(
+    settings: Settings | None = None,
+    on_fatal: Callable[[int], None] = exit_process,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The app; `on_fatal` ends the process when the models fail to load, `clock` tells client secrets' expiry."""
+    server = RealtimeServer(settings or get_settings(), on_fatal, clock)
     app = FastAPI(title="Realtime API server", lifespan=server.lifespan)
     app.state.server = server
     app.add_api_route("/health", server.health, methods=["GET"])

@@ -62,15 +62,16 @@ class PipelineManager:
         port: PipelinePort,
         input_processor: FrameProcessor,
         output_processor: FrameProcessor,
+        session_id: str,
     ) -> None:
         self._providers = providers
-        self._tts = providers.create_tts()
+        self._tts = providers.create_tts(session_id)
         self._pipeline = Pipeline(
             [
                 input_processor,
                 TurnDetectionProcessor(providers.turn_models, port, settings=None),
-                providers.create_stt(port),
-                providers.create_llm(),
+                providers.create_stt(port, session_id),
+                providers.create_llm(session_id),
                 self._tts,
                 output_processor,
             ]

@@ -146,14 +146,14 @@ class Providers:
     def secrets(self) -> list[str]:
         return [*self.stt.secrets, *self.llm.secrets, *self.tts.secrets]
 
-    def create_stt(self, port: TranscriptionPort) -> TranscriptionProcessor:
-        return TranscriptionProcessor(self.stt, port)
+    def create_stt(self, port: TranscriptionPort, session_id: str) -> TranscriptionProcessor:
+        return TranscriptionProcessor(self.stt, port, session_id)
 
-    def create_llm(self) -> ChatLLMProcessor:
-        return ChatLLMProcessor(self.llm)
+    def create_llm(self, session_id: str) -> ChatLLMProcessor:
+        return ChatLLMProcessor(self.llm, session_id)
 
-    def create_tts(self) -> TTSService:
-        return self.tts.create()
+    def create_tts(self, session_id: str) -> TTSService:
+        return self.tts.create(session_id)
 
     async def load(self) -> None:
         """Loads and warms up the models of the local providers (a no-op for remote ones)."""

@@ -78,7 +78,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from audio_utils import AudioFormat, InputDecoder, pcm_to_format, resample  # noqa: E402
-from tests.audio_fixtures import manifest, pcm24k, silence24k  # noqa: E402
+from tests.support.audio_fixtures import manifest, pcm24k, silence24k  # noqa: E402
 
 RESULTS_PATH = ROOT / "bench" / "results" / "turn_detection.json"
 PADDING_MS = 300

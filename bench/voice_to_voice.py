@@ -69,7 +69,7 @@ from websockets.asyncio.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.audio_fixtures import manifest, pcm24k, silence24k  # noqa: E402
+from tests.support.audio_fixtures import manifest, pcm24k, silence24k  # noqa: E402
 
 RESULTS_PATH = ROOT / "bench" / "results" / "voice_to_voice.json"
 CHUNK_MS = 20

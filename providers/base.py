@@ -16,6 +16,15 @@ from pipecat.services.tts_service import TTSService
 
 from session.commands import RunResponse, Usage
 
+# Every request to a provider names the session and the request it is for: a provider's logs can then be matched to
+# sessions (OpenAI documents this header for that; others ignore it), and so can the tests' loopback fakes.
+REQUEST_ID_HEADER = "X-Client-Request-Id"
+
+
+def request_id(session_id: str, request: str) -> str:
+    return f"{session_id}:{request}"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # LLM
 # --------------------------------------------------------------------------------------------------------------
@@ -69,7 +78,7 @@ class ChatClient(Protocol):
     supports_images: bool
     secrets: list[str]
 
-    def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]: ...
+    def stream(self, run: RunResponse, request_id: str) -> AsyncIterator[ChatChunk]: ...
 
     async def close(self) -> None: ...
 
@@ -99,7 +108,12 @@ class Transcriber(Protocol):
     secrets: list[str]
 
     async def transcribe(
-        self, pcm: bytes, language: str | None, prompt: str | None, on_delta: DeltaCallback | None = None
+        self,
+        pcm: bytes,
+        language: str | None,
+        prompt: str | None,
+        on_delta: DeltaCallback | None = None,
+        request_id: str = "",
     ) -> Transcript: ...
 
     async def close(self) -> None: ...
@@ -118,7 +132,7 @@ class TtsProvider(Protocol):
     name: str
     secrets: list[str]
 
-    def create(self) -> TTSService: ...
+    def create(self, session_id: str) -> TTSService: ...
 
     def voice_for(self, requested: str) -> str: ...
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from audio_utils import PIPELINE_INPUT_RATE
 from config import Settings
-from providers.base import DeltaCallback, Transcript
+from providers.base import REQUEST_ID_HEADER, DeltaCallback, Transcript
 from providers.errors import (
     ProviderError,
     ProviderStatusError,
@@ -94,7 +94,12 @@ class DeepgramTranscriber:
         return options
 
     async def transcribe(
-        self, pcm: bytes, language: str | None, prompt: str | None, on_delta: DeltaCallback | None = None
+        self,
+        pcm: bytes,
+        language: str | None,
+        prompt: str | None,
+        on_delta: DeltaCallback | None = None,
+        request_id: str = "",
     ) -> Transcript:
         # Imported when used: the SDK is only needed when Deepgram is the configured STT.
         from deepgram.core.api_error import ApiError
@@ -102,7 +107,7 @@ class DeepgramTranscriber:
 
         try:
             async with asyncio.timeout(self._timeout_s):
-                text = await self._stream(pcm, self.options(language), on_delta)
+                text = await self._stream(pcm, self.options(language), on_delta, request_id)
         except TimeoutError:
             raise ProviderTimeout("Deepgram timed out") from None
         except ApiError as exc:  # the handshake was refused
@@ -121,12 +126,15 @@ class DeepgramTranscriber:
             raise ProviderUnavailable(f"Deepgram could not be reached ({type(exc).__name__})") from None
         return Transcript(text=text, duration_s=len(pcm) / 2 / PIPELINE_INPUT_RATE)
 
-    async def _stream(self, pcm: bytes, options: dict[str, Any], on_delta: DeltaCallback | None) -> str:
+    async def _stream(
+        self, pcm: bytes, options: dict[str, Any], on_delta: DeltaCallback | None, request_id: str
+    ) -> str:
         from deepgram.listen.v1.types import ListenV1Error, ListenV1Metadata, ListenV1Results
 
         finals: list[str] = []
         emitted = ""
-        async with self._client.listen.v1.connect(**options) as socket:
+        headers = {"additional_headers": {REQUEST_ID_HEADER: request_id}}
+        async with self._client.listen.v1.connect(**options, request_options=headers) as socket:
             sender = asyncio.create_task(self._send(socket, pcm), name="deepgram-send")
             try:
                 async for message in socket:

@@ -119,8 +119,9 @@ class EdgeTtsProvider(SpeedVoiceProvider):
             query = "" if "?" in url else f"?TrustedClientToken={edge_tts.constants.TRUSTED_CLIENT_TOKEN}"
             edge_tts.communicate.WSS_URL = url + query
 
-    def create(self) -> TTSService:
-        return EdgeTTS(model=None, voice=self.default_voice, timeout_s=self.timeout_s, secrets=self.secrets)
+    def create(self, session_id: str) -> TTSService:
+        # The read-aloud service takes no headers of ours: its requests carry no correlation id.
+        return EdgeTTS(**self.service_options(session_id))
 
     def voice_for(self, requested: str) -> str:
         """A full Edge voice name (en-US-AriaNeural) passes through; OpenAI's voice names get EDGE_TTS_VOICE."""

@@ -11,6 +11,7 @@ import httpx2
 from pipecat.services.tts_service import TTSService
 
 from config import Settings
+from providers.base import REQUEST_ID_HEADER
 from providers.errors import ProviderStatusError, error_body_detail, tidy_detail
 from providers.openai_compatible import http_client, httpx_errors
 from providers.tts import OUTPUT_RATE, SpeedVoiceProvider, StreamingTTS
@@ -32,7 +33,7 @@ class ElevenLabsTTS(StreamingTTS):
         body: dict[str, Any] = {"text": text, "model_id": self.model}
         if self.speed != 1.0:
             body["voice_settings"] = {"speed": min(max(self.speed, 0.7), 1.2)}  # ElevenLabs' range
-        headers = {"xi-api-key": self._api_key}
+        headers = {"xi-api-key": self._api_key, REQUEST_ID_HEADER: self.next_request_id()}
         params = {"output_format": f"pcm_{OUTPUT_RATE}"}
         with httpx_errors():
             async with self._http.stream("POST", url, params=params, json=body, headers=headers) as response:
@@ -56,10 +57,11 @@ class ElevenLabsTtsProvider(SpeedVoiceProvider):
         self.timeout_s = timeout_s
         self._http: httpx2.AsyncClient | None = None
 
-    def create(self) -> TTSService:
+    def create(self, session_id: str) -> TTSService:
         if self._http is None:
             self._http = http_client(self.timeout_s)
-        return ElevenLabsTTS(http=self._http, base_url=self._base_url, api_key=self._api_key, **self.service_options())
+        options = self.service_options(session_id)
+        return ElevenLabsTTS(http=self._http, base_url=self._base_url, api_key=self._api_key, **options)
 
     def voice_for(self, requested: str) -> str:
         """An ElevenLabs voice id passes through; OpenAI's voice names get the configured voice."""

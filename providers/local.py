@@ -62,7 +62,7 @@ class LocalChat:
         async for _ in self._llm.stream(request):
             pass
 
-    async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
+    async def stream(self, run: RunResponse, request_id: str = "") -> AsyncIterator[ChatChunk]:
         if self._llm is None:
             raise RuntimeError("the local LLM is not loaded")
         request: dict[str, Any] = {
@@ -102,7 +102,12 @@ class LocalWhisperTranscriber:
         await self._model.warm_up()
 
     async def transcribe(
-        self, pcm: bytes, language: str | None, prompt: str | None, on_delta: DeltaCallback | None = None
+        self,
+        pcm: bytes,
+        language: str | None,
+        prompt: str | None,
+        on_delta: DeltaCallback | None = None,
+        request_id: str = "",
     ) -> Transcript:
         if self._model is None:
             raise RuntimeError("the local Whisper model is not loaded")
@@ -122,9 +127,16 @@ class LocalWhisperTranscriber:
 class SharedPiperTTS(StreamingTTS):
     """Pipecat TTS on the process-wide Piper voice (Pipecat's own `PiperTTSService` loads a voice per pipeline)."""
 
-    def __init__(self, piper: local_models.LocalPiper) -> None:
+    def __init__(self, piper: local_models.LocalPiper, session_id: str) -> None:
         # No inactivity timeout: the model runs here, and a busy CPU is no stalled provider.
-        super().__init__(model=None, voice=piper.name, timeout_s=None, secrets=[], input_rate=piper.sample_rate)
+        super().__init__(
+            model=None,
+            voice=piper.name,
+            timeout_s=None,
+            secrets=[],
+            session_id=session_id,
+            input_rate=piper.sample_rate,
+        )
         self._piper = piper
 
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
@@ -143,10 +155,10 @@ class PiperTtsProvider(SpeedVoiceProvider):
         self._piper = await asyncio.to_thread(local_models.LocalPiper.load, self.voice_path)
         await self._piper.warm_up()
 
-    def create(self) -> TTSService:
+    def create(self, session_id: str) -> TTSService:
         if self._piper is None:
             raise RuntimeError("the Piper voice is not loaded")
-        return SharedPiperTTS(self._piper)
+        return SharedPiperTTS(self._piper, session_id)
 
     def voice_for(self, requested: str) -> str:
         """OpenAI voice names and unknown strings map to the loaded voice; a speaker of a multi-speaker voice

@@ -19,7 +19,7 @@ from pipecat.services.tts_service import TTSService
 
 from audio_utils import PIPELINE_INPUT_RATE, pcm16_to_wav
 from config import Settings
-from providers.base import ChatChunk, DeltaCallback, Transcript
+from providers.base import REQUEST_ID_HEADER, ChatChunk, DeltaCallback, Transcript
 from providers.errors import (
     ProviderError,
     ProviderStatusError,
@@ -122,7 +122,7 @@ class OpenAICompatibleChat:
         self._token_limit_field = token_limit_field
         self._client = openai_client(base_url, api_key, timeout_s)
 
-    async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
+    async def stream(self, run: RunResponse, request_id: str) -> AsyncIterator[ChatChunk]:
         # The SDK's low-level `post` rather than `chat.completions.create`: the latter re-validates and copies the
         # whole conversation on every request (milliseconds per response for long conversations, all of it on the
         # event loop) and builds a pydantic model per streamed chunk. Errors are the SDK's own either way.
@@ -139,7 +139,12 @@ class OpenAICompatibleChat:
             params["tool_choice"] = run.tool_choice
         with openai_errors(self.secrets):
             stream = await self._client.post(
-                "/chat/completions", body=params, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
+                "/chat/completions",
+                body=params,
+                options={"headers": {REQUEST_ID_HEADER: request_id}},
+                cast_to=object,
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
             )
             async with stream:
                 async for chunk in stream:
@@ -165,12 +170,18 @@ class OpenAITranscriber:
         self._client = openai_client(base_url, api_key, timeout_s)
 
     async def transcribe(
-        self, pcm: bytes, language: str | None, prompt: str | None, on_delta: DeltaCallback | None = None
+        self,
+        pcm: bytes,
+        language: str | None,
+        prompt: str | None,
+        on_delta: DeltaCallback | None = None,
+        request_id: str = "",
     ) -> Transcript:
         params: dict[str, Any] = {
             "model": self.model,
             "file": ("audio.wav", pcm16_to_wav(pcm, PIPELINE_INPUT_RATE), "audio/wav"),
             "response_format": "json",
+            "extra_headers": {REQUEST_ID_HEADER: request_id},
         }
         if language:
             params["language"] = language
@@ -212,8 +223,9 @@ class SpeechTTS(StreamingTTS):
         return {"input": text, "model": self.model, "voice": self.voice, "response_format": "pcm", "speed": self.speed}
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        request = {**self.request(text), "extra_headers": {REQUEST_ID_HEADER: self.next_request_id()}}
         with openai_errors(self._secrets, self.error_detail):
-            async with self._client.audio.speech.with_streaming_response.create(**self.request(text)) as response:
+            async with self._client.audio.speech.with_streaming_response.create(**request) as response:
                 async for chunk in response.iter_bytes():
                     yield chunk
 
@@ -234,8 +246,8 @@ class SpeechProvider(SpeedVoiceProvider):
         self.timeout_s = timeout_s
         self._client = openai_client(base_url, api_key, timeout_s)
 
-    def create(self) -> TTSService:
-        return self.service(client=self._client, **self.service_options())
+    def create(self, session_id: str) -> TTSService:
+        return self.service(client=self._client, **self.service_options(session_id))
 
     def voice_for(self, requested: str) -> str:
         return requested if requested in OPENAI_TTS_VOICES else self.default_voice

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
+from abc import abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -29,6 +31,7 @@ from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 from pipecat.utils.text.transforms.strip_markdown import strip_markdown
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
+from providers.base import request_id
 from providers.errors import ProviderError, ProviderTimeout, redact
 
 OUTPUT_RATE = 24_000  # what every TTS service produces: the Realtime API's own rate, so nothing is resampled later
@@ -130,6 +133,7 @@ class StreamingTTS(TTSService):
         voice: str,
         timeout_s: float | None,
         secrets: list[str],
+        session_id: str = "",
         input_rate: int = OUTPUT_RATE,
         **kwargs: Any,
     ) -> None:
@@ -150,9 +154,15 @@ class StreamingTTS(TTSService):
         self._timeout_s = timeout_s
         self._secrets = secrets
         self._input_rate = input_rate
+        self._session_id = session_id
+        self._requests = itertools.count(1)
 
     def can_generate_metrics(self) -> bool:
         return True
+
+    def next_request_id(self) -> str:
+        """The correlation id of the next request to the provider (`providers.base.REQUEST_ID_HEADER`)."""
+        return request_id(self._session_id, f"tts_{next(self._requests)}")
 
     async def set_usable(self, is_usable: bool) -> None:
         await super().set_usable(True)  # never written off: see the module's docstring
@@ -186,10 +196,9 @@ class StreamingTTS(TTSService):
             # session gets one kind of exception from every TTS service; the cause stays chained for debugging.
             raise ProviderError(redact(str(exc), self._secrets)) from exc
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    @abstractmethod
+    def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """PCM16 mono at `input_rate` for `text`, as it arrives; failures raised as `ProviderError`s."""
-        raise NotImplementedError
-        yield b""  # an async generator, like its overrides
 
 
 class ServiceOptions(TypedDict):
@@ -199,6 +208,7 @@ class ServiceOptions(TypedDict):
     voice: str
     timeout_s: float | None
     secrets: list[str]
+    session_id: str
 
 
 class SpeedVoiceProvider:
@@ -211,8 +221,14 @@ class SpeedVoiceProvider:
     default_voice: str
     timeout_s: float | None
 
-    def service_options(self) -> ServiceOptions:
-        return {"model": self.model, "voice": self.default_voice, "timeout_s": self.timeout_s, "secrets": self.secrets}
+    def service_options(self, session_id: str) -> ServiceOptions:
+        return {
+            "model": self.model,
+            "voice": self.default_voice,
+            "timeout_s": self.timeout_s,
+            "secrets": self.secrets,
+            "session_id": session_id,
+        }
 
     def settings_delta(self, voice: str, speed: float) -> TTSSettings:
         return SpeedSettings(voice=voice, speed=speed)

@@ -15,11 +15,11 @@ import pytest
 import websockets
 from openai import AsyncOpenAI
 
-from access import AccessControl
-from client_secrets import SecretStore
-from tests.conftest import RunningServer, provider_env, script, start_server
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.realtime_client import connect, validate_server_event
+from tests.support.fake_control import script
+from tests.support.in_process import InProcessServer, in_process_settings
+from tests.support.realtime_client import connect, validate_server_event
+from tests.support.servers import RunningServer, provider_env, start_server
 
 KEY = "sk-realtime-test-key-42"
 
@@ -126,22 +126,20 @@ async def test_beta_session_and_transcription_session_secrets(guarded: RunningSe
         assert created["session"]["input_audio_transcription"]["language"] == "en"
 
 
-async def test_expired_client_secret_is_refused(guarded: RunningServer) -> None:
-    client = AsyncOpenAI(base_url=f"{guarded.base_url}/v1", api_key=KEY)
-    secret = await client.realtime.client_secrets.create(expires_after={"anchor": "created_at", "seconds": 10})
-    await asyncio.sleep(10.5)
-    status, body = await refused(ws_url(guarded), additional_headers={"Authorization": f"Bearer {secret.value}"})
+async def test_expired_client_secret_is_refused(fake: FakeOpenAI) -> None:
+    now = [float(int(time.time()))]  # the server's clock (whole seconds, as expiries are), moved on by the test
+    settings = in_process_settings(fake, realtime_api_keys=KEY)
+    with InProcessServer(settings, clock=lambda: now[0]) as server:
+        client = AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=KEY)
+        secret = await client.realtime.client_secrets.create(expires_after={"anchor": "created_at", "seconds": 10})
+        url = server.base_url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
+        headers = {"Authorization": f"Bearer {secret.value}"}
+        now[0] += 9.5
+        async with websockets.connect(url, additional_headers=headers) as ws:  # still valid
+            assert json.loads(await ws.recv())["type"] == "session.created"
+        now[0] += 1.0
+        status, body = await refused(url, additional_headers=headers)
     assert status == 401 and "expired" in body["error"]["message"]
-
-
-def test_client_secret_expiry_without_waiting() -> None:
-    now = [1000.0]
-    access = AccessControl({"k"}, set(), SecretStore(clock=lambda: now[0]))
-    secret = access.secrets.mint("realtime", {"type": "realtime"}, ttl_s=60)
-    assert access.authorize(secret.value) is not None
-    now[0] += 61
-    assert access.authorize(secret.value) is None
-    assert access.authorize("ek_unknown") is None and access.authorize("k") is not None
 
 
 async def test_session_cap_refuses_more_and_keeps_the_open_ones(guarded: RunningServer) -> None:
@@ -207,8 +205,9 @@ async def test_session_expires_with_an_error_event(server_factory) -> None:
 async def test_sigterm_ends_sessions_with_1001_and_exits_quickly(fake: FakeOpenAI) -> None:
     running = start_server(provider_env(fake))
     try:
-        script(fake, chat=[{"text": "A long answer. " * 60, "chunk_delay_s": 0.05}])
         async with websockets.connect(ws_url(running), additional_headers={"Authorization": "Bearer x"}) as ws:
+            created = json.loads(await ws.recv())
+            script(fake, created["session"]["id"], chat=[{"text": "A long answer. " * 60, "chunk_delay_s": 0.05}])
             await ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
             while json.loads(await ws.recv())["type"] != "response.output_text.delta":
                 pass

@@ -10,10 +10,11 @@ import pytest
 import websockets
 
 from audio_utils import AudioFormat, pcm_to_format, resample
-from tests.audio_fixtures import chunks, pcm24k, silence24k, utterances
-from tests.conftest import RunningServer, fake_requests, script
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.realtime_client import RealtimeTestClient, connect, types, validate_server_event
+from tests.support.audio_fixtures import chunks, pcm24k, silence24k, utterances
+from tests.support.fake_control import fake_requests, script
+from tests.support.realtime_client import RealtimeTestClient, connect, types, validate_server_event
+from tests.support.servers import RunningServer
 
 TOLERANCE_MS = 60
 PADDING_MS = 300
@@ -46,9 +47,9 @@ async def update(client: RealtimeTestClient, session: dict) -> dict:
 
 async def test_server_vad_turn(server: RunningServer, fake: FakeOpenAI) -> None:
     (truth,) = utterances("question.wav")
-    script(fake, transcription=[{"text": "What is the weather like in Paris today?"}])
     async with connect(server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, transcription=[{"text": "What is the weather like in Paris today?"}])
         await update(client, {"audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}}})
         await stream(client, pcm24k("question.wav") + silence24k(500))
         events = await client.until("response.done", timeout=20)
@@ -73,10 +74,10 @@ async def test_server_vad_turn(server: RunningServer, fake: FakeOpenAI) -> None:
     assert events[-1]["response"]["status"] == "completed"
     # The turn was transcribed once, from the pause that ended it (while the VAD waited out the silence): the audio
     # from the prefix padding to just after the speech. The LLM got the transcript.
-    (stt,) = [request["body"] for request in fake_requests(fake, "/v1/audio/transcriptions")]
+    (stt,) = [request["body"] for request in fake_requests(fake, "/v1/audio/transcriptions", client.session_id)]
     spoken_ms = truth["end_ms"] - started["audio_start_ms"]
     assert spoken_ms <= stt["audio_ms"] <= spoken_ms + 200, stt
-    messages = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"]
+    messages = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]["messages"]
     assert messages[-1] == {"role": "user", "content": "What is the weather like in Paris today?"}
 
 
@@ -127,8 +128,10 @@ async def test_formats_detect_the_same_turns(
         events = await client.until("response.done")
         delta_type = "response.output_audio.delta" if dialect == "ga" else "response.audio.delta"
         audio_out = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == delta_type)
-        spoken = "".join(r["body"]["input"] for r in fake_requests(fake, "/v1/audio/speech"))
-        expected_ms = sum(max(100, len(r["body"]["input"]) * 40) for r in fake_requests(fake, "/v1/audio/speech"))
+        spoken = "".join(r["body"]["input"] for r in fake_requests(fake, "/v1/audio/speech", client.session_id))
+        expected_ms = sum(
+            max(100, len(r["body"]["input"]) * 40) for r in fake_requests(fake, "/v1/audio/speech", client.session_id)
+        )
         assert spoken
         assert abs(len(audio_out) / bytes_per_ms - expected_ms) <= 0.03 * expected_ms + 20
 
@@ -141,9 +144,9 @@ async def test_noise_alone_makes_no_turn(server: RunningServer) -> None:
 
 
 async def test_manual_mode_commit_empty_commit_and_clear(server: RunningServer, fake: FakeOpenAI) -> None:
-    script(fake, transcription=[{"text": "Hello there."}])
     async with connect(server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, transcription=[{"text": "Hello there."}])
         await update(client, {"audio": {"input": {"turn_detection": None}}})
         await client.send({"type": "input_audio_buffer.commit", "event_id": "evt_empty"})
         error = (await client.expect("error"))["error"]
@@ -164,9 +167,9 @@ async def test_manual_mode_commit_empty_commit_and_clear(server: RunningServer, 
         await client.no_event(within=0.5)  # committing does not create a response
         await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
         await client.until("response.done")
-    stt = fake_requests(fake, "/v1/audio/transcriptions")[-1]["body"]
+    stt = fake_requests(fake, "/v1/audio/transcriptions", client.session_id)[-1]["body"]
     assert abs(stt["audio_ms"] - 1835) <= 20  # all of hello.wav, nothing of the cleared audio
-    messages = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"]
+    messages = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]["messages"]
     assert messages[-1] == {"role": "user", "content": "Hello there."}
     assert committed["item_id"].startswith("item_")
 
@@ -175,15 +178,16 @@ async def test_barge_in_cancels_then_truncate_keeps_only_what_was_heard(
     server: RunningServer, fake: FakeOpenAI
 ) -> None:
     reply = "The first sentence is heard. The second one is not heard at all. Nor is this third one."
-    script(
-        fake,
-        chat=[{"text": reply}, {"text": "Sure, something else."}],
-        speech=[{"stall_s": 0.1}] * 3,
-        # Each pause in the speech starts a speculative transcription: script the same text for all of them.
-        transcription=[{"text": "Stop, stop. Tell me something else instead."}] * 4,
-    )
     async with connect(server.base_url) as client:
         await client.until("conversation.created")
+        script(
+            fake,
+            client.session_id,
+            chat=[{"text": reply}, {"text": "Sure, something else."}],
+            speech=[{"stall_s": 0.1}] * 3,
+            # Each pause in the speech starts a speculative transcription: script the same text for all of them.
+            transcription=[{"text": "Stop, stop. Tell me something else instead."}] * 4,
+        )
         await client.send(
             {
                 "type": "conversation.item.create",
@@ -215,7 +219,7 @@ async def test_barge_in_cancels_then_truncate_keeps_only_what_was_heard(
         await client.until("conversation.item.truncated")
         events = await client.until("response.done", timeout=20)  # the new turn is answered
         assert events[-1]["response"]["status"] == "completed"
-    messages = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"]
+    messages = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]["messages"]
     assistant = [m for m in messages if m["role"] == "assistant"]
     assert len(assistant) == 1, (messages, heard_ms)
     assert heard_ms > 0
@@ -225,9 +229,14 @@ async def test_barge_in_cancels_then_truncate_keeps_only_what_was_heard(
 
 
 async def test_interrupt_response_false_lets_the_reply_finish(server: RunningServer, fake: FakeOpenAI) -> None:
-    script(fake, chat=[{"text": "A reply that keeps going. And going. And going."}], speech=[{"stall_s": 0.05}] * 3)
     async with connect(server.base_url) as client:
         await client.until("conversation.created")
+        script(
+            fake,
+            client.session_id,
+            chat=[{"text": "A reply that keeps going. And going. And going."}],
+            speech=[{"stall_s": 0.05}] * 3,
+        )
         await update(
             client, {"audio": {"input": {"turn_detection": {"type": "server_vad", "interrupt_response": False}}}}
         )
@@ -244,9 +253,9 @@ async def test_interrupt_response_false_lets_the_reply_finish(server: RunningSer
 async def test_transcription_failure_is_reported_and_the_session_goes_on(
     server: RunningServer, fake: FakeOpenAI
 ) -> None:
-    script(fake, transcription=[{"status": 500}])
     async with connect(server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, transcription=[{"status": 500}])
         await update(client, {"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
         await stream(client, pcm24k("hello.wav") + silence24k(600))
         events = await client.until("response.done", timeout=20)
@@ -257,9 +266,9 @@ async def test_transcription_failure_is_reported_and_the_session_goes_on(
 
 
 async def test_idle_timeout_prompts_a_response(server: RunningServer, fake: FakeOpenAI) -> None:
-    script(fake, transcription=[{"text": ""}])
     async with connect(server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, transcription=[{"text": ""}])
         await update(
             client,
             {
@@ -292,12 +301,13 @@ async def recv(ws, dialect: str) -> dict:
 
 
 async def test_transcription_session_ga(server: RunningServer, fake: FakeOpenAI) -> None:
-    script(fake, transcription=[{"text": "Turn on the kitchen lights."}, {"text": "And set a timer."}])
     async with websockets.connect(
         ws_url(server, "intent=transcription"), additional_headers={"Authorization": "Bearer sk-x"}
     ) as ws:
         created = await recv(ws, "ga")
         assert created["type"] == "session.created" and created["session"]["type"] == "transcription"
+        session_id = created["session"]["id"]
+        script(fake, session_id, transcription=[{"text": "Turn on the kitchen lights."}, {"text": "And set a timer."}])
         await ws.send(
             json.dumps(
                 {
@@ -318,15 +328,15 @@ async def test_transcription_session_ga(server: RunningServer, fake: FakeOpenAI)
             seen.append(event["type"])
             assert not event["type"].startswith("response."), event
     assert seen.count("input_audio_buffer.committed") == 2
-    assert fake_requests(fake, "/v1/audio/transcriptions")[-1]["body"]["language"] == "en"
+    assert fake_requests(fake, "/v1/audio/transcriptions", session_id)[-1]["body"]["language"] == "en"
 
 
 async def test_transcription_session_beta(server: RunningServer, fake: FakeOpenAI) -> None:
-    script(fake, transcription=[{"text": "Hello there."}])
     headers = {"Authorization": "Bearer sk-x", "OpenAI-Beta": "realtime=v1"}
     async with websockets.connect(ws_url(server, "intent=transcription"), additional_headers=headers) as ws:
         created = await recv(ws, "beta")
         assert created["type"] == "session.created"
+        script(fake, created["session"]["id"], transcription=[{"text": "Hello there."}])
         await ws.send(
             json.dumps(
                 {
@@ -381,9 +391,9 @@ async def test_semantic_vad_ends_the_turn(server: RunningServer, eagerness: str)
 
 
 async def test_a_client_made_audio_item_is_transcribed_for_the_llm(server: RunningServer, fake: FakeOpenAI) -> None:
-    script(fake, transcription=[{"text": "Hello there."}])
     async with connect(server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, transcription=[{"text": "Hello there."}])
         await update(client, {"audio": {"input": {"transcription": {"model": "whisper-1"}, "turn_detection": None}}})
         audio = base64.b64encode(pcm24k("hello.wav")).decode()
         await client.send(
@@ -400,7 +410,7 @@ async def test_a_client_made_audio_item_is_transcribed_for_the_llm(server: Runni
         events = await client.until("response.done")
     completed = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
     assert (completed["content_index"], completed["transcript"]) == (1, "Hello there.")
-    assert fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"][-1] == {
+    assert fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]["messages"][-1] == {
         "role": "user",
         "content": "Listen:\nHello there.",
     }

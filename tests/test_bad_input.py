@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.conftest import RunningServer
-from tests.realtime_client import RealtimeTestClient, connect
+from tests.support.realtime_client import RealtimeTestClient, connect
+from tests.support.servers import RunningServer
 
 GA_CASES = [
     # (raw message, code, param)
@@ -210,11 +210,13 @@ async def test_binary_frame_is_an_error(server: RunningServer) -> None:
 
 
 async def test_second_response_while_one_is_active(server: RunningServer, fake) -> None:
-    from tests.conftest import script
+    from tests.support.fake_control import script
 
-    script(fake, chat=[{"text": "A slow reply that takes a while. " * 10, "chunk_delay_s": 0.03}])
     async with connect(server.base_url, "ga") as client:
         await client.until("conversation.created")
+        script(
+            fake, client.session_id, chat=[{"text": "A slow reply that takes a while. " * 10, "chunk_delay_s": 0.03}]
+        )
         await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
         created = await client.expect("response.created")
         await client.send({"type": "response.create", "event_id": "evt_second"})

@@ -19,10 +19,11 @@ from textual.pilot import Pilot
 from clients import scripted, voice_chat
 from clients.playback import AudioPlayer
 from clients.voice_chat import LevelMeter, Line, RealtimeApp, Settings
-from tests.audio_fixtures import pcm24k
-from tests.conftest import ROOT, RunningServer, fake_requests, free_port, script
 from tests.fakes.audio_backend import FakeAudioBackend
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.support.audio_fixtures import pcm24k
+from tests.support.fake_control import fake_requests, script
+from tests.support.servers import ROOT, RunningServer, free_port
 
 # ---- the playback helper --------------------------------------------------------------------------------------------
 
@@ -132,17 +133,18 @@ REPLY = (
 
 
 async def test_app_talks_hears_the_reply_is_interrupted_and_quits(server: RunningServer, fake: FakeOpenAI) -> None:
-    script(
-        fake,
-        chat=[{"text": REPLY}, {"text": "Sure, something else."}],
-        speech=[{"stall_s": 0.1}] * 6,  # about real time, so the reply is still playing when the user speaks
-        transcription=[{"text": "Hello there."}] + [{"text": "Stop, stop. Tell me something else instead."}] * 4,
-    )
     sessions_before = server.health()["active_sessions"]
     backend = FakeAudioBackend()
     app = RecordingApp(Settings(url=f"ws://127.0.0.1:{server.port}/v1/realtime"), backend)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: app.session_id and backend.microphone, "the session and the microphone")
+        script(
+            fake,
+            app.session_id,
+            chat=[{"text": REPLY}, {"text": "Sure, something else."}],
+            speech=[{"stall_s": 0.1}] * 6,  # about real time, so the reply is still playing when the user speaks
+            transcription=[{"text": "Hello there."}] + [{"text": "Stop, stop. Tell me something else instead."}] * 4,
+        )
         assert app.session_id.startswith("sess_")
         assert text(app, "#status").startswith("connected") and app.session_id in text(app, "#status")
         assert app.sent[0]["type"] == "session.update"  # input transcription on, so the user sees what was heard
@@ -188,7 +190,7 @@ async def test_app_talks_hears_the_reply_is_interrupted_and_quits(server: Runnin
         # The interrupting turn is answered, from a conversation that holds only what was heard.
         await until(pilot, lambda: "Sure, something else." in app.assistant_lines, "the second reply", timeout=30)
         assert app.user_lines == ["Hello there.", "Stop, stop. Tell me something else instead."]
-        messages = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"]
+        messages = fake_requests(fake, "/v1/chat/completions", app.session_id)[-1]["body"]["messages"]
         (assistant,) = [m for m in messages if m["role"] == "assistant"]
         assert REPLY.startswith(assistant["content"]) and "second" not in assistant["content"]
         assert app.errors == []
@@ -286,9 +288,10 @@ def wav_seconds(path: Path) -> float:
 
 @pytest.mark.parametrize("dialect", ["ga", "beta"])
 def test_test_client_automatic_mode_passes(
-    server: RunningServer, fake: FakeOpenAI, tmp_path: Path, dialect: str
+    server_factory: Callable[..., RunningServer], fake: FakeOpenAI, tmp_path: Path, dialect: str
 ) -> None:
-    script(fake, transcription=[{"text": "What is the weather like in Paris today?"}] * 3)
+    server = server_factory()  # the client runs in a process of its own: the fake is scripted for this server
+    script(fake, server.provider_key, transcription=[{"text": "What is the weather like in Paris today?"}] * 3)
     url = f"ws://127.0.0.1:{server.port}/v1/realtime"
     result = run_test_client("--url", url, "--dialect", dialect, "--out", "reply.wav", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -303,11 +306,14 @@ def test_test_client_automatic_mode_passes(
     assert "speech_stopped → first audio" in out and "status=cancelled" in out
     assert wav_seconds(tmp_path / "reply.wav") > 2  # both replies (the fake speaks 40 ms a character)
     # The spoken turn was streamed at real-time pace (the recording is 4.4 s) and transcribed once.
-    assert len(fake_requests(fake, "/v1/audio/transcriptions")) == 1
+    assert len(fake_requests(fake, "/v1/audio/transcriptions", server.provider_key)) == 1
 
 
-def test_test_client_fails_when_a_check_fails(server: RunningServer, fake: FakeOpenAI, tmp_path: Path) -> None:
-    script(fake, transcription=[{"status": 500}] * 3)
+def test_test_client_fails_when_a_check_fails(
+    server_factory: Callable[..., RunningServer], fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    server = server_factory()
+    script(fake, server.provider_key, transcription=[{"status": 500}] * 3)
     url = f"ws://127.0.0.1:{server.port}/v1/realtime"
     result = run_test_client("--url", url, "--out", "reply.wav", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -324,8 +330,11 @@ def test_test_client_reports_a_stopped_server(tmp_path: Path) -> None:
     assert url in line and "connection refused" in line and "make run" in line
 
 
-def test_test_client_interactive_mode(server: RunningServer, fake: FakeOpenAI, tmp_path: Path) -> None:
-    script(fake, transcription=[{"text": "Hello there."}] * 2)
+def test_test_client_interactive_mode(
+    server_factory: Callable[..., RunningServer], fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    server = server_factory()
+    script(fake, server.provider_key, transcription=[{"text": "Hello there."}] * 2)
     url = f"ws://127.0.0.1:{server.port}/v1/realtime"
     hello = ROOT / "tests" / "fixtures" / "hello.wav"
     noise = ROOT / "tests" / "fixtures" / "noise.wav"

@@ -24,14 +24,15 @@ import pytest
 from config import Settings
 from providers.errors import ConfigurationError
 from service_providers import Providers
-from tests.audio_fixtures import chunks, pcm24k, silence24k
-from tests.conftest import ROOT, RunningServer, fake_requests, free_port, script, start_server
 from tests.fakes.deepgram_fake import FakeDeepgram
 from tests.fakes.edge_tts_fake import FakeEdgeTTS, mp3
 from tests.fakes.elevenlabs_fake import FakeElevenLabs
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.siliconflow_fake import FakeSiliconFlow
-from tests.realtime_client import RealtimeTestClient, connect
+from tests.support.audio_fixtures import chunks, pcm24k, silence24k
+from tests.support.fake_control import fake_requests, script
+from tests.support.realtime_client import RealtimeTestClient, connect
+from tests.support.servers import ROOT, RunningServer, free_port, start_server
 
 DG_KEY = "dg-secret-0123456789abcdef0123"
 SF_KEY = "sk-siliconflow-secret-0123456789"
@@ -74,6 +75,16 @@ def siliconflow() -> Iterator[FakeSiliconFlow]:
     fake = FakeSiliconFlow(SF_KEY).start_in_thread()
     yield fake  # type: ignore[misc]
     fake.stop_thread()
+
+
+def edge_for_this_test(server: RunningServer, edge: FakeEdgeTTS) -> None:
+    """Edge's requests carry no session id, so its steps and log cannot be told apart by session: once no session of
+    `server` is open, none can reach Edge any more, and what Edge saw before is forgotten."""
+    deadline = time.monotonic() + 10
+    while server.health()["active_sessions"]:
+        assert time.monotonic() < deadline, server.health()
+        time.sleep(0.02)
+    edge.reset()
 
 
 @pytest.fixture(autouse=True)
@@ -338,7 +349,7 @@ async def test_a_provider_that_cannot_be_reached_is_reported_unavailable(monkeyp
                 ),
             }[provider]()
             try:
-                async for _ in tts.create().synthesize("你好。"):
+                async for _ in tts.create("sess_test").synthesize("你好。"):
                     pass
             finally:
                 await tts.close()
@@ -359,10 +370,11 @@ async def test_chinese_voice_turn_end_to_end(
     zh_server: RunningServer, fake: FakeOpenAI, deepgram: FakeDeepgram, edge: FakeEdgeTTS
 ) -> None:
     deepgram.default_text = QUESTION
+    edge_for_this_test(zh_server, edge)
     # The reply streams in three pieces 0.4 s apart: the first clause must be spoken before the rest arrives.
-    script(fake, chat=[{"text": REPLY, "chunk_chars": 7, "chunk_delay_s": 0.4}])
     async with connect(zh_server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, chat=[{"text": REPLY, "chunk_chars": 7, "chunk_delay_s": 0.4}])
         transcription = {"model": "gpt-4o-transcribe", "language": "zh"}
         await update(client, {"audio": {"input": {"transcription": transcription}, "output": {"voice": "alloy"}}})
         await stream(client, pcm24k("hello.wav") + silence24k(600))
@@ -376,7 +388,7 @@ async def test_chinese_voice_turn_end_to_end(
     # Deepgram heard the turn as PCM16 16 kHz, in the session's language, with the key in its header.
     (completed,) = of_type(events, "conversation.item.input_audio_transcription.completed")
     assert completed["transcript"] == QUESTION
-    listen = deepgram.requests[-1]
+    listen = deepgram.requests_for(client.session_id)[-1]
     assert listen["headers"]["Authorization"] == f"Token {DG_KEY}"
     assert {key: listen["query"][key] for key in ("model", "language", "encoding", "sample_rate", "channels")} == {
         "model": "nova-2",
@@ -389,7 +401,7 @@ async def test_chinese_voice_turn_end_to_end(
     assert 500 <= listen["audio_bytes"] / 32 <= 1800  # the turn's milliseconds of 16 kHz PCM16
 
     # Ollama got the Chinese transcript, intact.
-    chat = fake_requests(fake, "/v1/chat/completions")[-1]["body"]
+    chat = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]
     assert chat["model"] == "qwen2.5:7b"
     assert chat["messages"][-1] == {"role": "user", "content": QUESTION}
 
@@ -416,26 +428,28 @@ async def test_deepgram_interim_results_are_transcription_deltas(
     async with connect(zh_server.base_url) as client:
         await client.until("conversation.created")
         await push_to_talk(client)
-        deepgram.script({"text": "今天 天气 怎么样"})  # Deepgram writes Chinese words apart
+        deepgram.script({"text": "今天 天气 怎么样"}, key=client.session_id)  # Deepgram writes Chinese words apart
         events = await committed_turn(client)
         deltas = [e["delta"] for e in of_type(events, "conversation.item.input_audio_transcription.delta")]
         assert len(deltas) >= 2
         assert events[-1]["type"] == "conversation.item.input_audio_transcription.completed"
         assert "".join(deltas) == events[-1]["transcript"] == "今天天气怎么样"
-        assert deepgram.requests[-1]["query"]["language"] == "zh-CN"  # DEEPGRAM_LANGUAGE: the session set none
+        # DEEPGRAM_LANGUAGE: the session set none
+        assert deepgram.requests_for(client.session_id)[-1]["query"]["language"] == "zh-CN"
 
         transcription = {"model": "gpt-4o-transcribe", "language": "en"}
         await update(client, {"audio": {"input": {"transcription": transcription}}})
-        deepgram.script({"text": "hello"})
+        deepgram.script({"text": "hello"}, key=client.session_id)
         events = await committed_turn(client)
         assert events[-1]["transcript"] == "hello"
-        assert deepgram.requests[-1]["query"]["language"] == "en"
+        assert deepgram.requests_for(client.session_id)[-1]["query"]["language"] == "en"
 
 
 async def test_edge_passes_an_edge_voice_through(zh_server: RunningServer, fake: FakeOpenAI, edge: FakeEdgeTTS) -> None:
-    script(fake, chat=[{"text": "Hello there. Nice to meet you."}])
+    edge_for_this_test(zh_server, edge)
     async with connect(zh_server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, chat=[{"text": "Hello there. Nice to meet you."}])
         await update(client, {"audio": {"output": {"voice": "en-US-AriaNeural", "speed": 1.25}}})
         assert_completed_with_audio(await ask(client))
     ssml = edge.requests[0]["ssml"]
@@ -452,9 +466,9 @@ async def test_deepgram_failures(zh_server: RunningServer, deepgram: FakeDeepgra
         "stall": {"stall": True},
         "drop": {"drop_after_audio_messages": 2},
     }
-    deepgram.script(steps[failure])
     async with connect(zh_server.base_url) as client:
         await client.until("conversation.created")
+        deepgram.script(steps[failure], key=client.session_id)
         await push_to_talk(client)
         failed = (await committed_turn(client))[-1]
         assert failed["type"] == "conversation.item.input_audio_transcription.failed"
@@ -476,7 +490,8 @@ async def test_edge_failures(
         "stall": {"stall": True},
         "drop": {"drop_after_chunks": 1},
     }
-    edge.script(steps[failure])
+    edge_for_this_test(zh_server, edge)
+    edge.script(steps[failure], key=None)  # for whichever Edge request comes next: this test's
     async with connect(zh_server.base_url) as client:
         await client.until("conversation.created")
         assert_failed(await ask(client), code, "TTS")
@@ -500,9 +515,9 @@ async def test_ollama_failures(zh_server: RunningServer, fake: FakeOpenAI, failu
         "stall": {"stall_after_chunks": 1},
         "drop": {"drop_after_chunks": 2},
     }
-    script(fake, chat=[steps[failure]])
     async with connect(zh_server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, chat=[steps[failure]])
         events = await ask(client, "text")
         assert_failed(events, code, "LLM")
         assert "'ollama'" in of_type(events, "error")[0]["error"]["message"]
@@ -515,9 +530,9 @@ async def test_ollama_failures(zh_server: RunningServer, fake: FakeOpenAI, failu
 
 
 async def test_siliconflow_voice_turn(sf_server: RunningServer, siliconflow: FakeSiliconFlow) -> None:
-    siliconflow.chat_script.append({"text": REPLY})
     async with connect(sf_server.base_url) as client:
         await client.until("conversation.created")
+        siliconflow.script("chat", client.session_id, {"text": REPLY})
         transcription = {"model": "gpt-4o-transcribe", "language": "zh"}
         await update(client, {"audio": {"input": {"transcription": transcription}}})
         await stream(client, pcm24k("hello.wav") + silence24k(600))
@@ -533,16 +548,18 @@ async def test_siliconflow_voice_turn(sf_server: RunningServer, siliconflow: Fak
         await update(client, {"audio": {"output": {"voice": "anna", "speed": 0.8}}})
         assert_completed_with_audio(await ask(client))
 
-    transcription_request = next(r for r in siliconflow.requests if r["path"] == "/v1/audio/transcriptions")
+    transcription_request = next(
+        r for r in siliconflow.requests_for(client.session_id) if r["path"] == "/v1/audio/transcriptions"
+    )
     assert transcription_request["headers"]["Authorization"] == f"Bearer {SF_KEY}"
     assert transcription_request["body"]["model"] == "FunAudioLLM/SenseVoiceSmall"
     assert transcription_request["body"]["language"] == "zh"
     assert transcription_request["audio"]["sample_rate"] == 16000 and transcription_request["audio"]["channels"] == 1
-    chat = next(r for r in siliconflow.requests if r["path"] == "/v1/chat/completions")
+    chat = next(r for r in siliconflow.requests_for(client.session_id) if r["path"] == "/v1/chat/completions")
     assert chat["headers"]["Authorization"] == f"Bearer {SF_KEY}"
     assert chat["body"]["model"] == "Qwen/Qwen2.5-7B-Instruct"
     assert chat["body"]["messages"][-1] == {"role": "user", "content": "今天天气怎么样？"}
-    speech = [r["body"] for r in siliconflow.requests if r["path"] == "/v1/audio/speech"]
+    speech = [r["body"] for r in siliconflow.requests_for(client.session_id) if r["path"] == "/v1/audio/speech"]
     assert [body["input"] for body in speech[:3]] == ["今天天气很好，", "阳光明媚。", "我们去公园散步吧！"]
     for body in speech:
         assert body["model"] == "FunAudioLLM/CosyVoice2-0.5B"
@@ -562,9 +579,9 @@ async def test_siliconflow_transcription_failures(
         "stall": {"delay_s": 5},
         "drop": {"drop": True},
     }
-    siliconflow.transcription_script.append(steps[failure])
     async with connect(sf_server.base_url) as client:
         await client.until("conversation.created")
+        siliconflow.script("transcription", client.session_id, steps[failure])
         await push_to_talk(client)
         failed = (await committed_turn(client))[-1]
         assert failed["type"] == "conversation.item.input_audio_transcription.failed"
@@ -586,9 +603,9 @@ async def test_siliconflow_chat_failures(
         "stall": {"stall_after_chunks": 1},
         "drop": {"drop_after_chunks": 2},
     }
-    siliconflow.chat_script.append(steps[failure])
     async with connect(sf_server.base_url) as client:
         await client.until("conversation.created")
+        siliconflow.script("chat", client.session_id, steps[failure])
         assert_failed(await ask(client, "text"), code, "LLM")
         events = await ask(client, "text")
         assert events[-1]["response"]["status"] == "completed"
@@ -605,9 +622,9 @@ async def test_siliconflow_speech_failures(
         "stall": {"stall_s": 5},
         "drop": {"drop_after_bytes": 4800},
     }
-    siliconflow.speech_script.append(steps[failure])
     async with connect(sf_server.base_url) as client:
         await client.until("conversation.created")
+        siliconflow.script("speech", client.session_id, steps[failure])
         assert_failed(await ask(client), code, "TTS")
         assert_completed_with_audio(await ask(client))
 
@@ -618,9 +635,9 @@ async def test_siliconflow_speech_failures(
 
 
 async def test_elevenlabs_turn(el_server: RunningServer, fake: FakeOpenAI, elevenlabs: FakeElevenLabs) -> None:
-    script(fake, chat=[{"text": REPLY}])
     async with connect(el_server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, chat=[{"text": REPLY}])
         events = await ask(client)
         assert_completed_with_audio(events)
         (done,) = of_type(events, "response.output_audio_transcript.done")
@@ -628,12 +645,12 @@ async def test_elevenlabs_turn(el_server: RunningServer, fake: FakeOpenAI, eleve
         # An ElevenLabs voice id, and a faster speed, for the next response.
         await update(client, {"audio": {"output": {"voice": "JBFqnCBsd6RMkjVDRZzb", "speed": 1.1}}})
         assert_completed_with_audio(await ask(client))
-    first = elevenlabs.requests[0]
+    first = elevenlabs.requests_for(client.session_id)[0]
     assert first["path"] == "/v1/text-to-speech/21m00Tcm4TlvDq8ikWAM/stream"
     assert first["headers"]["xi-api-key"] == EL_KEY
     assert first["query"] == {"output_format": "pcm_24000"}
     assert first["body"] == {"text": "今天天气很好，", "model_id": "eleven_flash_v2_5"}
-    last = elevenlabs.requests[-1]
+    last = elevenlabs.requests_for(client.session_id)[-1]
     assert last["path"] == "/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream"
     assert last["body"]["voice_settings"] == {"speed": 1.1}
 
@@ -649,9 +666,9 @@ async def test_elevenlabs_failures(
         "stall": {"stall_s": 5},
         "drop": {"drop_after_bytes": 4800},
     }
-    elevenlabs.script(steps[failure])
     async with connect(el_server.base_url) as client:
         await client.until("conversation.created")
+        elevenlabs.script(steps[failure], key=client.session_id)
         assert_failed(await ask(client), code, "TTS")
         assert_completed_with_audio(await ask(client))
 

@@ -12,11 +12,11 @@ import httpx
 import pytest
 import websockets
 
-from main import parse_handshake
-from tests.conftest import ROOT, RunningServer, free_port, script
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.in_process import InProcessServer
-from tests.realtime_client import connect, validate_server_event
+from tests.support.fake_control import script
+from tests.support.in_process import InProcessServer
+from tests.support.realtime_client import connect, validate_server_event
+from tests.support.servers import ROOT, RunningServer, free_port
 
 
 def ws_url(server: RunningServer) -> str:
@@ -56,13 +56,6 @@ async def test_beta_header_selects_beta(server: RunningServer) -> None:
         assert ws.subprotocol is None
         created = json.loads(await ws.recv())
         assert "modalities" in created["session"] and "output_modalities" not in created["session"]
-
-
-def test_parse_handshake_reads_key_from_header_or_subprotocol() -> None:
-    handshake = parse_handshake({"authorization": "Bearer sk-header"}, ["realtime"])
-    assert (handshake.api_key, handshake.dialect, handshake.subprotocol) == ("sk-header", "ga", "realtime")
-    handshake = parse_handshake({}, ["openai-insecure-api-key.ek_123", "openai-beta.realtime-v1"])
-    assert (handshake.api_key, handshake.dialect, handshake.subprotocol) == ("ek_123", "beta", None)
 
 
 def test_health_and_startup_banner(server: RunningServer) -> None:
@@ -139,13 +132,14 @@ async def test_disconnect_mid_response_frees_everything(
     baseline = in_process.task_count()
 
     if stage == "llm_streaming":
-        script(fake, chat=[{"text": "word " * 400, "chunk_delay_s": 0.02}])
+        steps = {"chat": [{"text": "word " * 400, "chunk_delay_s": 0.02}]}
         modality, wait_for_type = "text", "response.output_text.delta"
     else:
-        script(fake, speech=[{"stall_s": 0.3}] * 5)
+        steps = {"speech": [{"stall_s": 0.3}] * 5}
         modality, wait_for_type = "audio", "response.output_audio.delta"
     async with connect(in_process.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, **steps)
         await client.send({"type": "response.create", "response": {"output_modalities": [modality]}})
         await client.until(wait_for_type)
         assert in_process.health()["active_sessions"] == 1

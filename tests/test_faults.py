@@ -11,10 +11,10 @@ import time
 import pytest
 import websockets
 
-from tests.conftest import script
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.in_process import InProcessServer
-from tests.realtime_client import connect
+from tests.support.fake_control import script
+from tests.support.in_process import InProcessServer
+from tests.support.realtime_client import connect
 
 
 def rss_mb() -> float:
@@ -38,8 +38,19 @@ async def baseline_of(server: InProcessServer) -> int:
         await client.until("conversation.created")
         await client.send({"type": "response.create"})
         await client.until("response.done")
-    await asyncio.sleep(0.3)
-    return server.task_count()
+    return await settled_task_count(server)
+
+
+async def settled_task_count(server: InProcessServer, timeout: float = 5.0) -> int:
+    """The task count once no session is open and it has stopped falling (the closed session's last tasks end)."""
+    started = time.monotonic()
+    last = -1
+    while server.health()["active_sessions"] or (count := server.task_count()) != last:
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"the task count did not settle: {server.health()}")
+        last = -1 if server.health()["active_sessions"] else count
+        await asyncio.sleep(0.05)
+    return count
 
 
 STAGES = [
@@ -57,26 +68,25 @@ STAGES = [
 async def test_leaving_at_every_stage_of_a_response(in_process: InProcessServer, fake: FakeOpenAI, stage: str) -> None:
     baseline = await baseline_of(in_process)
     if stage == "response.function_call_arguments.delta":
-        script(
-            fake,
-            chat=[
+        steps = {
+            "chat": [
                 {
                     "text": "One moment.",
                     "tool_calls": [{"name": "f", "arguments": '{"a": 1}' * 20}],
                     "chunk_delay_s": 0.02,
                 }
-            ],
-        )
+            ]
+        }
         response = {"tools": [{"type": "function", "name": "f"}]}
     else:
-        script(
-            fake,
-            chat=[{"text": "A reply. It has sentences. Several of them.", "chunk_delay_s": 0.02}],
-            speech=[{"stall_s": 0.05}] * 3,
-        )
+        steps = {
+            "chat": [{"text": "A reply. It has sentences. Several of them.", "chunk_delay_s": 0.02}],
+            "speech": [{"stall_s": 0.05}] * 3,
+        }
         response = {}
     async with connect(in_process.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, **steps)
         await client.send({"type": "response.create", "response": response})
         await client.until(stage)
     assert await settle(in_process, baseline) < 1.0

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 
-from tests.audio_fixtures import pcm24k, silence24k
-from tests.conftest import RunningServer, fake_requests, script
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.realtime_client import RealtimeTestClient, connect, without_deltas
+from tests.support.audio_fixtures import pcm24k, silence24k
+from tests.support.fake_control import fake_requests, script
+from tests.support.realtime_client import RealtimeTestClient, connect, without_deltas
+from tests.support.servers import RunningServer
 
 WEATHER_TOOL = {
     "type": "function",
@@ -75,9 +77,13 @@ def call_sequence(dialect: str) -> list[str]:
 @pytest.mark.parametrize("dialect", ["ga", "beta"])
 async def test_one_call_streams_its_arguments(server: RunningServer, fake: FakeOpenAI, dialect: str) -> None:
     arguments = json.dumps({"city": "Paris", "unit": "celsius"})
-    script(fake, chat=[{"text": "", "tool_calls": [{"name": "get_weather", "arguments": arguments, "id": "call_A"}]}])
     async with connect(server.base_url, dialect) as client:
         await setup(client, [WEATHER_TOOL])
+        script(
+            fake,
+            client.session_id,
+            chat=[{"text": "", "tool_calls": [{"name": "get_weather", "arguments": arguments, "id": "call_A"}]}],
+        )
         events = await ask(client, "Weather in Paris?")
     events = events[events.index(next(e for e in events if e["type"] == "response.created")) :]
     assert without_deltas(events) == ["response.created", *call_sequence(dialect), "response.done"]
@@ -90,7 +96,7 @@ async def test_one_call_streams_its_arguments(server: RunningServer, fake: FakeO
     item = next(e for e in events if e["type"] == "response.output_item.done")["item"]
     assert item["type"] == "function_call" and item["status"] == "completed"
     assert events[-1]["response"]["output"] == [item]
-    request = fake_requests(fake, "/v1/chat/completions")[-1]["body"]
+    request = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]
     assert request["tools"] == [
         {
             "type": "function",
@@ -106,20 +112,21 @@ async def test_one_call_streams_its_arguments(server: RunningServer, fake: FakeO
 
 @pytest.mark.parametrize("dialect", ["ga", "beta"])
 async def test_text_then_two_parallel_calls(server: RunningServer, fake: FakeOpenAI, dialect: str) -> None:
-    script(
-        fake,
-        chat=[
-            {
-                "text": "Let me check both.",
-                "tool_calls": [
-                    {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
-                    {"name": "set_timer", "arguments": '{"minutes": 10}'},
-                ],
-            }
-        ],
-    )
     async with connect(server.base_url, dialect) as client:
         await setup(client, [WEATHER_TOOL, TIMER_TOOL])
+        script(
+            fake,
+            client.session_id,
+            chat=[
+                {
+                    "text": "Let me check both.",
+                    "tool_calls": [
+                        {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                        {"name": "set_timer", "arguments": '{"minutes": 10}'},
+                    ],
+                }
+            ],
+        )
         events = await ask(client, "Weather in Oslo, and a ten minute timer.")
     events = events[events.index(next(e for e in events if e["type"] == "response.created")) :]
     names = NAMES[dialect]
@@ -149,15 +156,16 @@ async def test_text_then_two_parallel_calls(server: RunningServer, fake: FakeOpe
 
 @pytest.mark.parametrize("dialect", ["ga", "beta"])
 async def test_tool_output_round_trip(server: RunningServer, fake: FakeOpenAI, dialect: str) -> None:
-    script(
-        fake,
-        chat=[
-            {"text": "", "tool_calls": [{"name": "get_weather", "arguments": '{"city": "Rome"}', "id": "call_R"}]},
-            {"text": "It is 24 degrees and sunny in Rome."},
-        ],
-    )
     async with connect(server.base_url, dialect) as client:
         await setup(client, [WEATHER_TOOL])
+        script(
+            fake,
+            client.session_id,
+            chat=[
+                {"text": "", "tool_calls": [{"name": "get_weather", "arguments": '{"city": "Rome"}', "id": "call_R"}]},
+                {"text": "It is 24 degrees and sunny in Rome."},
+            ],
+        )
         await ask(client, "Weather in Rome?")
         await client.send(
             {
@@ -174,24 +182,25 @@ async def test_tool_output_round_trip(server: RunningServer, fake: FakeOpenAI, d
         await client.send({"type": "response.create"})
         events = await client.until("response.done")
         assert events[-1]["response"]["output"][0]["content"][0]["text"] == "It is 24 degrees and sunny in Rome."
-    messages = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"]
+    messages = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
     assert messages[2]["tool_calls"][0]["id"] == "call_R"
     assert messages[3] == {"role": "tool", "tool_call_id": "call_R", "content": '{"temperature": 24, "sky": "sunny"}'}
 
 
 async def test_a_voice_turn_after_a_tool_call_keeps_the_history_valid(server: RunningServer, fake: FakeOpenAI) -> None:
-    script(
-        fake,
-        chat=[
-            {"text": "", "tool_calls": [{"name": "set_timer", "arguments": '{"minutes": 5}', "id": "call_T"}]},
-            {"text": "Timer set."},
-            {"text": "You're welcome."},
-        ],
-        transcription=[{"text": "Thank you."}] * 3,
-    )
     async with connect(server.base_url) as client:
         await setup(client, [TIMER_TOOL])
+        script(
+            fake,
+            client.session_id,
+            chat=[
+                {"text": "", "tool_calls": [{"name": "set_timer", "arguments": '{"minutes": 5}', "id": "call_T"}]},
+                {"text": "Timer set."},
+                {"text": "You're welcome."},
+            ],
+            transcription=[{"text": "Thank you."}] * 3,
+        )
         await ask(client, "Set a five minute timer.")
         await client.send(
             {
@@ -210,7 +219,7 @@ async def test_a_voice_turn_after_a_tool_call_keeps_the_history_valid(server: Ru
                     }
                 )
         await client.until("response.done", timeout=20)
-    messages = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"]
+    messages = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "user"]
     assert messages[3]["tool_call_id"] == messages[2]["tool_calls"][0]["id"] == "call_T"
     assert messages[-1]["content"] == "Thank you."
@@ -229,7 +238,7 @@ async def test_tool_choice_forcing_a_function(server: RunningServer, fake: FakeO
         )
         error = (await client.until("error"))[-1]["error"]
         assert (error["param"], error["event_id"]) == ("response.tool_choice.name", "evt_bad")
-    request = fake_requests(fake, "/v1/chat/completions")[-1]["body"]
+    request = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]
     assert request["tool_choice"] == {"type": "function", "function": {"name": "set_timer"}}
 
 
@@ -265,14 +274,16 @@ async def test_image_reaches_the_provider_as_an_image_part(
         )
         events = await client.until("response.done")
         assert events[-1]["response"]["status"] == "completed"
-    content = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"][-1]["content"]
+    content = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]["messages"][-1]["content"]
     assert content == [
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": image, "detail": "auto"}},
     ]
 
 
-async def test_agents_sdk_runs_a_tool_round_trip(server: RunningServer, fake: FakeOpenAI) -> None:
+async def test_agents_sdk_runs_a_tool_round_trip(
+    server_factory: Callable[..., RunningServer], fake: FakeOpenAI
+) -> None:
     from agents import function_tool
     from agents.realtime import RealtimeAgent, RealtimeRunner
 
@@ -284,8 +295,10 @@ async def test_agents_sdk_runs_a_tool_round_trip(server: RunningServer, fake: Fa
         calls.append(city)
         return f"The weather in {city} is 19 degrees and cloudy."
 
+    server = server_factory()  # the Agents SDK does not show the session's id: the fake is scripted for this server
     script(
         fake,
+        server.provider_key,
         chat=[
             {"text": "", "tool_calls": [{"name": "get_weather", "arguments": '{"city": "Lisbon"}', "id": "call_L"}]},
             {"text": "Lisbon is at 19 degrees and cloudy."},
@@ -311,7 +324,7 @@ async def test_agents_sdk_runs_a_tool_round_trip(server: RunningServer, fake: Fa
                     break
     assert errors == []
     assert calls == ["Lisbon"]
-    messages = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"]
+    messages = fake_requests(fake, "/v1/chat/completions", server.provider_key)[-1]["body"]["messages"]
     assert messages[-1] == {
         "role": "tool",
         "tool_call_id": "call_L",

@@ -15,9 +15,9 @@ import pytest
 from audio_utils import PIPELINE_INPUT_RATE, resample
 from config import Settings
 from local_models import LocalWhisper, whisper_model_path
-from tests.audio_fixtures import chunks, pcm24k, silence24k
-from tests.conftest import ROOT, RunningServer, start_server
-from tests.realtime_client import RealtimeTestClient, connect
+from tests.support.audio_fixtures import chunks, pcm24k, silence24k
+from tests.support.realtime_client import RealtimeTestClient, connect
+from tests.support.servers import ROOT, RunningServer, start_server
 
 INSTRUCTIONS = "You are a weather assistant. Answer in one short sentence that names the city and the weather."
 
@@ -28,7 +28,7 @@ def offline_server() -> Iterator[tuple[RunningServer, Path]]:
     blocked = Path(tempfile.mkdtemp(prefix="offline-")) / "blocked.log"
     blocked.touch()
     env = {"LLM_TEMPERATURE": "0", "HF_HUB_OFFLINE": "0"}  # nothing may need a hub, even when allowed to try
-    running = start_server(env, launcher=[str(ROOT / "tests" / "offline_guard.py"), str(blocked)])
+    running = start_server(env, launcher=[str(ROOT / "tests" / "support" / "offline_guard.py"), str(blocked)])
     yield running, blocked
     running.stop()
     assert blocked.read_text() == "", f"the server tried to reach the network:\n{blocked.read_text()}"
@@ -142,7 +142,7 @@ def test_the_guard_refuses_and_records_outside_connections(tmp_path: Path) -> No
     log = tmp_path / "blocked.log"
     code = (
         "import socket, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
-        "from tests.offline_guard import install; install(Path(sys.argv[2]));"
+        "from tests.support.offline_guard import install; install(Path(sys.argv[2]));"
         "socket.getaddrinfo('localhost', 80);"
         "socket.create_connection(('203.0.113.7', 443), timeout=0.2)"
     )

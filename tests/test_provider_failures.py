@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from tests.conftest import RunningServer, free_port, script
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.realtime_client import RealtimeTestClient, connect
+from tests.support.fake_control import script
+from tests.support.realtime_client import RealtimeTestClient, connect
+from tests.support.servers import RunningServer, free_port
 
 KEY = "sk-test-fake-key-0123456789"
 
@@ -50,9 +51,9 @@ def assert_failed(events: list[dict], code: str) -> dict:
     ids=["500", "503", "429", "401", "stall", "drop"],
 )
 async def test_llm_failure(server: RunningServer, fake: FakeOpenAI, step: dict, code: str) -> None:
-    script(fake, chat=[step])
     async with connect(server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, chat=[step])
         error = assert_failed(await ask(client), code)
         assert "LLM" in error["error"]["message"]
         events = await ask(client)  # the next response works
@@ -80,9 +81,9 @@ async def test_llm_refused_connection(server_factory, fake: FakeOpenAI) -> None:
     ids=["500", "429", "401", "stall"],
 )
 async def test_tts_failure(server: RunningServer, fake: FakeOpenAI, step: dict, code: str) -> None:
-    script(fake, speech=[step])
     async with connect(server.base_url) as client:
         await client.until("conversation.created")
+        script(fake, client.session_id, speech=[step])
         error = assert_failed(await ask(client, "audio"), code)
         assert "TTS" in error["error"]["message"]
         await client.no_event(within=0.5)

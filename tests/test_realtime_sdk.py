@@ -6,9 +6,10 @@ import base64
 
 import pytest
 
-from tests.conftest import RunningServer, fake_requests, script
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.realtime_client import RealtimeTestClient, connect, types, without_deltas
+from tests.support.fake_control import fake_requests, script
+from tests.support.realtime_client import RealtimeTestClient, connect, types, without_deltas
+from tests.support.servers import RunningServer
 
 pytestmark = pytest.mark.parametrize("dialect", ["ga", "beta"])
 
@@ -116,7 +117,7 @@ async def test_text_turn_event_sequence(server: RunningServer, fake: FakeOpenAI,
         assert done["usage"]["input_tokens"] > 0
         added = next(event for event in events if event["type"] == names["item_added"])
         assert added["previous_item_id"] == user_item["id"]
-    chat = fake_requests(fake, "/v1/chat/completions")[-1]["body"]
+    chat = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]
     assert chat["messages"][-1] == {"role": "user", "content": "What is the capital of France?"}
     assert chat["stream"] is True
 
@@ -150,7 +151,7 @@ async def test_audio_turn_streams_audio_and_transcript(server: RunningServer, fa
     done = events[-1]["response"]
     assert done["status"] == "completed"
     assert done["output"][0]["content"] == [{"type": names["audio_part"], "transcript": transcript}]
-    speech = fake_requests(fake, "/v1/audio/speech")
+    speech = fake_requests(fake, "/v1/audio/speech", client.session_id)
     assert speech and all(request["body"]["response_format"] == "pcm" for request in speech)
     assert "".join(request["body"]["input"] for request in speech).replace(" ", "") == transcript.replace(" ", "")
 
@@ -181,7 +182,9 @@ async def test_out_of_band_response_stays_out_of_the_conversation(
         await client.send({"type": "response.create", "response": text_only(dialect)})
         events = await client.until("response.done")
         assert names["item_added"] in types(events)
-    out_of_band, in_band = [r["body"]["messages"] for r in fake_requests(fake, "/v1/chat/completions")]
+    out_of_band, in_band = [
+        r["body"]["messages"] for r in fake_requests(fake, "/v1/chat/completions", client.session_id)
+    ]
     assert out_of_band[0] == {"role": "system", "content": "Classify the sentiment."}
     assert out_of_band[1:] == [
         {"role": "user", "content": "I like green apples."},
@@ -192,9 +195,13 @@ async def test_out_of_band_response_stays_out_of_the_conversation(
 
 async def test_cancel_mid_response(server: RunningServer, fake: FakeOpenAI, dialect: str) -> None:
     names = NAMES[dialect]
-    script(fake, chat=[{"text": "One two three four five six seven eight nine ten. " * 20, "chunk_delay_s": 0.05}])
     async with connect(server.base_url, dialect) as client:
         await open_session(client)
+        script(
+            fake,
+            client.session_id,
+            chat=[{"text": "One two three four five six seven eight nine ten. " * 20, "chunk_delay_s": 0.05}],
+        )
         await add_user_text(client, "Count slowly.")
         await client.send({"type": "response.create", "response": text_only(dialect)})
         await client.until(names["text_delta"])
@@ -217,9 +224,9 @@ async def test_cancel_mid_response(server: RunningServer, fake: FakeOpenAI, dial
 
 async def test_cancel_audio_response_stops_audio(server: RunningServer, fake: FakeOpenAI, dialect: str) -> None:
     names = NAMES[dialect]
-    script(fake, speech=[{"stall_s": 0.2}] * 3)
     async with connect(server.base_url, dialect) as client:
         await open_session(client)
+        script(fake, client.session_id, speech=[{"stall_s": 0.2}] * 3)
         await add_user_text(client, "Talk for a while. Keep going. And more.")
         await client.send({"type": "response.create"})
         await client.until(names["audio_delta"])
@@ -265,7 +272,7 @@ async def test_item_retrieve_delete_and_truncate(server: RunningServer, fake: Fa
         # The next LLM request sees only what was heard.
         await client.send({"type": "response.create", "response": text_only(dialect)})
         await client.until("response.done")
-        last = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"]
+        last = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]["messages"]
         assert {"role": "assistant", "content": heard} in last
 
         await client.send({"type": "conversation.item.delete", "item_id": user_item["id"], "event_id": "evt_del"})
@@ -315,7 +322,7 @@ async def test_previous_item_id_root_and_insert(server: RunningServer, fake: Fak
             await client.expect("conversation.item.done")
         await client.send({"type": "response.create", "response": text_only(dialect)})
         await client.until("response.done")
-    messages = fake_requests(fake, "/v1/chat/completions")[-1]["body"]["messages"]
+    messages = fake_requests(fake, "/v1/chat/completions", client.session_id)[-1]["body"]["messages"]
     assert [m["content"] for m in messages[1:]] == ["first", "second", "third"]
 
 

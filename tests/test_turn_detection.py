@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from audio_utils import PIPELINE_INPUT_RATE, WIRE_PCM_RATE, resample
-from tests.audio_fixtures import pcm24k, silence24k, utterances
+from tests.support.audio_fixtures import pcm24k, silence24k, utterances
 from turn_detection import TurnDetector, TurnEventKind, TurnModels, TurnSettings
 
 TOLERANCE_MS = 60

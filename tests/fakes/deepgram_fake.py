@@ -72,7 +72,7 @@ class FakeDeepgram(LoopbackFake):
             "control": [],
         }
         self.requests.append(record)
-        step = self.next_step()
+        step = self.next_step(request)
         if request.headers.get("Authorization") != f"Token {self.api_key}" or step.get("status") == 401:
             return self._refuse(401, "INVALID_AUTH", "Invalid credentials.")
         if step.get("status") == 429:

@@ -109,11 +109,11 @@ class FakeEdgeTTS(LoopbackFake):
         )
         if not valid:
             return web.Response(status=403, headers=date)
-        step = self.steps[0] if self.steps else {}
+        step = self.peek_step(request)
         if step.get("status") == 403 and not step.get("retried"):
             step["retried"] = True  # the same step answers edge-tts's one retry
             return web.Response(status=403, headers=date)
-        step = self.next_step()
+        step = self.next_step(request)
         if step.get("status"):
             return web.Response(status=step["status"], headers=date, text="refused by the fake")
         socket = web.WebSocketResponse()

@@ -46,7 +46,7 @@ class FakeElevenLabs(LoopbackFake):
         self.requests.append(
             {"path": request.path, "headers": dict(request.headers), "query": dict(request.query), "body": body}
         )
-        step = self.next_step()
+        step = self.next_step(request)
         if request.headers.get("xi-api-key") != self.api_key:
             return error(401, *ERRORS[401])
         if step.get("status"):

@@ -1,7 +1,12 @@
-"""What the third-party fakes share: an aiohttp app on 127.0.0.1 in a thread of its own, a script of steps and a log.
+"""What the fakes share: an aiohttp app on 127.0.0.1 in a thread of its own, scripted steps and a log of requests.
 
-Tests run in another thread (pytest's) than the fake's event loop: they queue steps with `script(...)` and read
-`requests`, both plain containers whose single appends and pops are atomic.
+Steps are scripted for a key (`ScriptBook`): the session a test opened (the server names it in every provider
+request's correlation header, `providers.base.REQUEST_ID_HEADER`) or the credential of a server the test started for
+itself. A request takes the next step scripted for its session, else for its credential, else behaves normally, so a
+request that another test's session sends late can never take this test's steps.
+
+Tests run in another thread (pytest's) than the fake's event loop: they script steps and read `requests`, plain
+containers whose single appends and pops are atomic.
 """
 
 from __future__ import annotations
@@ -9,12 +14,66 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from aiohttp import web
+
+from providers.base import REQUEST_ID_HEADER
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by its name in any case (a request's headers, or the plain dict they were logged as)."""
+    return next((value for key, value in headers.items() if key.lower() == name.lower()), None)
+
+
+def session_of(headers: Mapping[str, str]) -> str | None:
+    """The session a provider request is for: the first part of its correlation id (`sess_…:request`)."""
+    value = _header(headers, REQUEST_ID_HEADER)
+    return value.split(":", 1)[0] if value else None
+
+
+def credential_of(headers: Mapping[str, str]) -> str | None:
+    """The key a request presents, whichever header its provider uses for it."""
+    authorization = _header(headers, "Authorization") or ""
+    for scheme in ("Bearer ", "Token "):
+        if authorization.startswith(scheme):
+            return authorization[len(scheme) :]
+    return _header(headers, "xi-api-key")
+
+
+def keys_of(headers: Mapping[str, str]) -> list[str]:
+    """What a request's steps may be scripted under, most specific first."""
+    return [key for key in (session_of(headers), credential_of(headers)) if key]
+
+
+class ScriptBook:
+    """A fake's scripted steps by kind ("chat", "speech", …) and key. Steps scripted for no key go to whichever
+    request of their kind comes next: only for providers whose requests carry nothing of ours (Edge TTS)."""
+
+    def __init__(self) -> None:
+        self._steps: defaultdict[tuple[str, str | None], deque[dict[str, Any]]] = defaultdict(deque)
+
+    def add(self, kind: str, key: str | None, steps: Iterable[dict[str, Any]]) -> None:
+        self._steps[(kind, key)].extend(steps)
+
+    def take(self, kind: str, keys: Iterable[str]) -> dict[str, Any]:
+        """The next step for the first of `keys` that has one, else an unkeyed one, else `{}` (normal behaviour)."""
+        steps = self._queue(kind, keys)
+        return steps.popleft() if steps else {}
+
+    def peek(self, kind: str, keys: Iterable[str]) -> dict[str, Any]:
+        """The step `take` would return, left in place."""
+        steps = self._queue(kind, keys)
+        return steps[0] if steps else {}
+
+    def _queue(self, kind: str, keys: Iterable[str]) -> deque[dict[str, Any]] | None:
+        return next((steps for key in (*keys, None) if (steps := self._steps.get((kind, key)))), None)
+
+    def clear(self) -> None:
+        self._steps.clear()
 
 
 def tone(duration_s: float, sample_rate: int = 24_000, frequency: float = 330.0) -> bytes:
@@ -93,7 +152,7 @@ class LoopbackFake:
     """A fake provider: subclasses add routes in `routes()`; `next_step()` takes the next scripted behaviour."""
 
     def __init__(self) -> None:
-        self.steps: deque[dict[str, Any]] = deque()
+        self.steps = ScriptBook()
         self.requests: list[dict[str, Any]] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -102,18 +161,23 @@ class LoopbackFake:
     def routes(self, app: web.Application) -> None:
         raise NotImplementedError
 
-    def script(self, *steps: dict[str, Any]) -> None:
-        self.steps.extend(steps)
+    def script(self, *steps: dict[str, Any], key: str | None) -> None:
+        """Steps for the requests of session (or credential) `key`; None: for whichever requests come next."""
+        self.steps.add("request", key, steps)
 
     def reset(self) -> None:
         self.steps.clear()
         self.requests.clear()
 
-    def next_step(self) -> dict[str, Any]:
-        try:
-            return self.steps.popleft()
-        except IndexError:
-            return {}
+    def next_step(self, request: web.Request) -> dict[str, Any]:
+        return self.steps.take("request", keys_of(request.headers))
+
+    def peek_step(self, request: web.Request) -> dict[str, Any]:
+        return self.steps.peek("request", keys_of(request.headers))
+
+    def requests_for(self, key: str) -> list[dict[str, Any]]:
+        """The requests of session (or credential) `key`, in order."""
+        return [record for record in self.requests if key in keys_of(record["headers"])]
 
     @property
     def base_url(self) -> str:

@@ -1,18 +1,18 @@
 """A loopback fake of OpenAI's HTTP API: streaming chat completions (SSE, with usage) and `/v1/audio/speech` (PCM).
 
-It speaks the real wire shapes so that the server's real provider code (the `openai` SDK, Pipecat's OpenAI TTS)
-runs against it. Tests steer it through `/_fake/*` endpoints:
+It speaks the real wire shapes so that the server's real provider code (the `openai` SDK) runs against it. Tests
+steer it through `/_fake/*` endpoints:
 
-* `POST /_fake/script` `{"chat": [step, …], "speech": [step, …], "transcription": [step, …]}` queues the
-  behaviour of the next requests
-  (each request takes the next step; without a step the default applies). A chat step is
-  `{"text": str, "tool_calls": [{"name", "arguments", "id"?}], "status": int, "delay_s": float,
+* `POST /_fake/script` `{"key": KEY, "chat": [step, …], "speech": [step, …], "transcription": [step, …]}` queues
+  the behaviour of the next requests of the session (or the server's API key) KEY: each such request takes the next
+  step, other requests and requests without a step get the default (see `tests.fakes.loopback.ScriptBook`).
+  A chat step is `{"text": str, "tool_calls": [{"name", "arguments", "id"?}], "status": int, "delay_s": float,
   "chunk_delay_s": float, "stall_after_chunks": int, "drop_after_chunks": int, "finish_reason": str,
   "prompt_tokens": int, "chunk_chars": int}`; a speech step is `{"status": int, "delay_s": float,
   "ms_per_char": float, "stall_s": float, "drop_after_bytes": int}`; a transcription step is
   `{"text": str, "status": int, "delay_s": float}` (the default text is "hello").
-* `GET /_fake/requests` returns every request received (path, headers, JSON body); `POST /_fake/reset` clears
-  scripts and the log.
+* `GET /_fake/requests?key=KEY` returns the requests of KEY (all of them without `key`: path, headers, JSON body,
+  and the session they were for); `POST /_fake/reset` clears scripts and the log.
 
 Run it alone with `python -m tests.fakes.openai_fake --port 9100` (the benchmark does).
 """
@@ -25,12 +25,11 @@ import io
 import json
 import time
 import wave
-from collections import deque
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.loopback import BackgroundLoop, stream_pcm, tone
+from tests.fakes.loopback import BackgroundLoop, ScriptBook, keys_of, session_of, stream_pcm, tone
 
 SAMPLE_RATE = 24_000
 
@@ -50,23 +49,16 @@ class FakeOpenAI:
     """The fake server; `start_in_thread()` runs it on its own event loop for synchronous test code."""
 
     def __init__(self) -> None:
-        self.chat_script: deque[dict[str, Any]] = deque()
-        self.speech_script: deque[dict[str, Any]] = deque()
-        self.transcription_script: deque[dict[str, Any]] = deque()
+        self.scripts = ScriptBook()
         self.requests: list[dict[str, Any]] = []
         self.port: int = 0
         self._runner: web.AppRunner | None = None
         self._background = BackgroundLoop("fake-openai")
-        self._last_provider_request = 0.0  # loop time
-
-    # How long the fake must have had no provider request before a reset: a session of the previous test may still
-    # be sending one (a transcription of its last turn), which would otherwise eat the next test's script.
-    QUIET_BEFORE_RESET_S = 0.2
 
     # ---- app ---------------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._note_arrival])
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_post("/v1/audio/transcriptions", self._transcription)
@@ -75,45 +67,45 @@ class FakeOpenAI:
         app.router.add_post("/_fake/reset", self._reset)
         return app
 
+    def _log(self, request: web.Request, body: Any) -> dict[str, Any]:
+        record = {"path": request.path, "headers": dict(request.headers), "body": body}
+        record["session"] = session_of(request.headers)
+        self.requests.append(record)
+        return record
+
     async def _record(self, request: web.Request) -> dict[str, Any]:
         body = await request.json()
-        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        self._log(request, body)
         return body
+
+    def requests_for(self, key: str) -> list[dict[str, Any]]:
+        """The requests of session (or credential) `key`, in order."""
+        return [record for record in self.requests if key in keys_of(record["headers"])]
+
+    def step(self, kind: str, request: web.Request) -> dict[str, Any]:
+        return self.scripts.take(kind, keys_of(request.headers))
 
     async def _script(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.chat_script.extend(body.get("chat", []))
-        self.speech_script.extend(body.get("speech", []))
-        self.transcription_script.extend(body.get("transcription", []))
+        for kind in ("chat", "speech", "transcription"):
+            self.scripts.add(kind, body.get("key"), body.get(kind, []))
         return web.json_response({"ok": True})
 
-    async def _requests(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.requests)
-
-    @web.middleware
-    async def _note_arrival(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if not request.path.startswith("/_fake/"):
-            self._last_provider_request = asyncio.get_running_loop().time()
-        return await handler(request)
+    async def _requests(self, request: web.Request) -> web.Response:
+        key = request.query.get("key")
+        records = [r for r in self.requests if key is None or key in keys_of(r["headers"])]
+        return web.json_response(records)
 
     async def _reset(self, _request: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 3.0
-        while (quiet_for := loop.time() - self._last_provider_request) < self.QUIET_BEFORE_RESET_S:
-            if loop.time() >= deadline:
-                break
-            await asyncio.sleep(self.QUIET_BEFORE_RESET_S - quiet_for)
-        self.chat_script.clear()
-        self.speech_script.clear()
-        self.transcription_script.clear()
+        self.scripts.clear()
         self.requests.clear()
         return web.json_response({"ok": True})
 
     # ---- chat completions ----------------------------------------------------------------------------------
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _chat(self, request: web.Request, step: dict[str, Any] | None = None) -> web.StreamResponse:
         body = await self._record(request)
-        step = self.chat_script.popleft() if self.chat_script else {}
+        step = self.step("chat", request) if step is None else step
         if step.get("delay_s"):
             await asyncio.sleep(step["delay_s"])
         if step.get("status"):
@@ -204,7 +196,7 @@ class FakeOpenAI:
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
-        step = self.speech_script.popleft() if self.speech_script else {}
+        step = self.step("speech", request)
         if step.get("delay_s"):
             await asyncio.sleep(step["delay_s"])
         if step.get("status"):
@@ -228,8 +220,8 @@ class FakeOpenAI:
             rate, frames = wav.getframerate(), wav.getnframes()
         fields = {key: value for key, value in form.items() if key != "file"}
         body = {**fields, "audio_ms": frames * 1000 / rate, "sample_rate": rate}
-        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
-        step = self.transcription_script.popleft() if self.transcription_script else {}
+        self._log(request, body)
+        step = self.step("transcription", request)
         if step.get("delay_s"):
             await asyncio.sleep(step["delay_s"])
         if step.get("status"):

@@ -9,8 +9,8 @@
   16000, 24000, 32000, 44100; 44100 when left out), `stream`, `speed` (0.25-4); streams raw PCM16 mono at that rate.
 
 Every request needs `Authorization: Bearer <key>` (otherwise 401, body "Invalid token"); other errors have SiliconFlow's
-shape `{"code": int, "message": str, "data": null}`. Steps are `FakeOpenAI`'s: `chat_script`, `speech_script`
-(`status`, `stall_s`, `drop_after_bytes`), `transcription_script` (`text`, `status`, `delay_s`).
+shape `{"code": int, "message": str, "data": null}`. Steps are `FakeOpenAI`'s (`script(kind, key, *steps)`):
+"chat", "speech" (`status`, `stall_s`, `drop_after_bytes`), "transcription" (`text`, `status`, `delay_s`, `drop`).
 """
 
 from __future__ import annotations
@@ -65,10 +65,12 @@ class FakeSiliconFlow(FakeOpenAI):
         return app
 
     def reset(self) -> None:
-        self.chat_script.clear()
-        self.speech_script.clear()
-        self.transcription_script.clear()
+        self.scripts.clear()
         self.requests.clear()
+
+    def script(self, kind: str, key: str, *steps: dict[str, Any]) -> None:
+        """Steps for the `kind` ("chat", "speech", "transcription") requests of session `key`."""
+        self.scripts.add(kind, key, steps)
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.api_key}"
@@ -81,20 +83,18 @@ class FakeSiliconFlow(FakeOpenAI):
         if body.get("model") not in CHAT_MODELS:
             await self._record(request)
             return error(400)
-        step = self.chat_script[0] if self.chat_script else {}
+        step = self.step("chat", request)
         if step.get("status"):
-            self.chat_script.popleft()
             await self._record(request)
             return error(step["status"], step.get("message"))
-        return await self._chat(request)
+        return await self._chat(request, step)
 
     async def _sf_transcription(self, request: web.Request) -> web.Response:
         form = await request.post()
         upload = form.get("file")
         audio = upload.file.read() if upload is not None and hasattr(upload, "file") else b""
         fields = {key: value for key, value in form.items() if key != "file"}
-        record: dict[str, Any] = {"path": request.path, "headers": dict(request.headers), "body": fields}
-        self.requests.append(record)
+        record = self._log(request, fields)
         if not self._authorized(request):
             return error(401)
         if fields.get("model") not in STT_MODELS:
@@ -109,7 +109,7 @@ class FakeSiliconFlow(FakeOpenAI):
                 }
         except (wave.Error, EOFError):
             return error(400, "Unsupported audio file.", 20015)
-        step = self.transcription_script.popleft() if self.transcription_script else {}
+        step = self.step("transcription", request)
         if step.get("delay_s"):
             await asyncio.sleep(step["delay_s"])
         if step.get("drop"):
@@ -140,7 +140,7 @@ class FakeSiliconFlow(FakeOpenAI):
         rate = body.get("sample_rate", 44100)
         if rate not in PCM_RATES:
             return error(400, f"Unsupported sample_rate {rate} for pcm.", 20015)
-        step = self.speech_script.popleft() if self.speech_script else {}
+        step = self.step("speech", request)
         if step.get("status"):
             return error(step["status"], step.get("message"))
         audio = tone(max(0.2, len(body["input"]) * 0.08 / speed), sample_rate=rate)

@@ -12,7 +12,7 @@ from realtime_session import RealtimeSession
 from session.commands import CancelResponse, ProviderFailure, RunResponse, Transcribe, Usage
 from session.configuration import merge_session
 from session.conversation import SpokenSegment, chat_messages, heard_text
-from tests.realtime_client import validate_server_event
+from tests.support.realtime_client import validate_server_event
 from tests.support.session_core import DEFAULTS, defaults
 
 

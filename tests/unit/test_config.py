@@ -5,7 +5,7 @@ from __future__ import annotations
 from dotenv import dotenv_values
 
 from config import Settings
-from tests.conftest import ROOT
+from tests.support.servers import ROOT
 
 
 def test_env_example_names_every_setting() -> None:

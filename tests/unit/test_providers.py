@@ -25,7 +25,7 @@ from providers.errors import (
 from providers.openai_compatible import SpeechProvider, openai_errors
 from providers.tts import StreamingTTS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-test-fake-key-0123456789"
 
 
@@ -119,7 +119,7 @@ async def test_openai_speech_sends_what_pipecats_service_sent() -> None:
     endpoint = {"name": "openai_tts", "base_url": "http://127.0.0.1:9/v1", "api_key": KEY, "timeout_s": 2.0}
     provider = SpeechProvider(**endpoint, model="gpt-4o-mini-tts", voice="alloy")
     try:
-        service = provider.create()
+        service = provider.create("sess_test")
         assert service.request("Hello.") == {  # type: ignore[attr-defined]
             "input": "Hello.",
             "model": "gpt-4o-mini-tts",
@@ -130,7 +130,7 @@ async def test_openai_speech_sends_what_pipecats_service_sent() -> None:
         assert provider.voice_for("marin") == "marin" and provider.voice_for("nobody") == "alloy"
         unknown = SpeechProvider(**endpoint, model="gpt-4o-mini-tts", voice="nobody")
         with pytest.raises(ProviderError, match="OpenAI TTS voice 'nobody' is not supported"):
-            unknown.create().request("Hello.")  # type: ignore[attr-defined]
+            unknown.create("sess_test").request("Hello.")  # type: ignore[attr-defined]
         await unknown.close()
     finally:
         await provider.close()

@@ -1,6 +1,6 @@
 """Runs `main.py` with every attempt to reach the network outside this machine refused and recorded.
 
-Usage: `python tests/offline_guard.py LOG_FILE` (then main.py's usual environment). An audit hook sees each
+Usage: `python tests/support/offline_guard.py LOG_FILE` (then main.py's usual environment). An audit hook sees each
 `socket.connect`, `socket.sendto` and `socket.getaddrinfo` before it happens: loopback and Unix sockets pass, anything
 else raises `PermissionError` and is appended to LOG_FILE. This needs no privileges (unlike `unshare -n`, which also
 takes loopback away from the test client).
@@ -14,7 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
 
 

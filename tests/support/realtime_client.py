@@ -31,6 +31,7 @@ class RealtimeTestClient:
         self.connection = connection
         self.dialect = dialect
         self.events: list[dict[str, Any]] = []
+        self.session_id = ""  # from `session.created`: what the tests script the provider fakes for
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.connection.send(event)
@@ -48,6 +49,8 @@ class RealtimeTestClient:
         event = json.loads(raw)
         validate_server_event(event, self.dialect)
         self.events.append(event)
+        if event["type"] in ("session.created", "transcription_session.created"):
+            self.session_id = event["session"]["id"]
         return event
 
     async def until(self, event_type: str, timeout: float = 15.0) -> list[dict[str, Any]]:

@@ -1,24 +1,26 @@
-"""An in-process server (uvicorn in a thread with its own loop), to count its asyncio tasks and measure its memory."""
+"""An in-process server (uvicorn in a thread with its own loop): to count its asyncio tasks, measure its memory, or
+give it a clock of the test's own."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import uvicorn
 
 from config import Settings
 from main import create_app
-from tests.conftest import free_port
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.support.servers import free_port
 
 
 class InProcessServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.port = settings.server_port
-        self.app = create_app(settings)
+        self.app = create_app(settings, clock=clock)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.loop = asyncio.new_event_loop()

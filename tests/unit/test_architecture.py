@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # The session core and the wire protocol: pure, so tested without sockets, settings or a pipeline.
 CORE = ("protocol", "realtime_session", "session", "wire", "access", "client_secrets")
