@@ -70,8 +70,8 @@ class PipelineManager:
             [
                 input_processor,
                 TurnDetectionProcessor(providers.turn_models, port, settings=None),
-                providers.create_stt(port, session_id),
-                providers.create_llm(session_id),
+                providers.create_stt(port),
+                providers.create_llm(),
                 self._tts,
                 output_processor,
             ]

@@ -24,7 +24,7 @@ from pipeline_frames import (
     ResponseToolCallFrame,
     TranscribeFrame,
 )
-from providers.base import ChatClient, Transcriber, Transcript, request_id
+from providers.base import ChatClient, Transcriber, Transcript
 from providers.errors import provider_failure
 from session.commands import ProviderFailure, RunResponse, Transcribe, Usage
 from tool_calls import FilterOutput, TextToolCallFilter
@@ -42,10 +42,9 @@ class ChatLLMProcessor(FrameProcessor):
     the request in flight (Pipecat cancels the processing task), which closes the HTTP stream.
     """
 
-    def __init__(self, client: ChatClient, session_id: str) -> None:
+    def __init__(self, client: ChatClient) -> None:
         super().__init__(name=f"llm-{client.name}")
         self._client = client
-        self._session_id = session_id
         self._message_started = False
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -93,8 +92,7 @@ class ChatLLMProcessor(FrameProcessor):
         response_id, audio = run.response_id, run.modality == "audio"
         usage: Usage | None = None
         finish_reason: str | None = None
-        correlation = request_id(self._session_id, response_id)
-        async with contextlib.aclosing(self._client.stream(run, correlation)) as chunks:
+        async with contextlib.aclosing(self._client.stream(run)) as chunks:
             async for chunk in chunks:
                 if chunk.text and text_calls is None:
                     await self._push_text(response_id, chunk.text, audio)
@@ -160,11 +158,10 @@ class TranscriptionPort(Protocol):
 class TranscriptionProcessor(FrameProcessor):
     """Transcribes committed user turns, each in a task of its own, so that the pipeline goes on meanwhile."""
 
-    def __init__(self, transcriber: Transcriber, port: TranscriptionPort, session_id: str) -> None:
+    def __init__(self, transcriber: Transcriber, port: TranscriptionPort) -> None:
         super().__init__(name=f"stt-{transcriber.name}")
         self._transcriber = transcriber
         self._port = port
-        self._session_id = session_id
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -181,13 +178,7 @@ class TranscriptionProcessor(FrameProcessor):
             await self._port.on_transcription_delta(request.request_id, delta)
 
         try:
-            transcript = await self._transcriber.transcribe(
-                request.pcm,
-                request.language,
-                request.prompt,
-                on_delta,
-                request_id=request_id(self._session_id, request.request_id),
-            )
+            transcript = await self._transcriber.transcribe(request, on_delta)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

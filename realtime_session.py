@@ -73,9 +73,16 @@ class RealtimeSession:
             config = config.updated(initial_update, defaults)
         self.config: SessionConfig = config
         self._outbox = Outbox(dialect, self._beta_temperature)
-        self._input = InputTurns(config.input, self.conversation, self._outbox, defaults.max_retained_audio_ms)
+        self._input = InputTurns(
+            config.id, config.input, self.conversation, self._outbox, defaults.max_retained_audio_ms
+        )
         self._responses = ResponseStream(
-            self.conversation, self._outbox, self.conversation_id, defaults.llm_max_tokens, self._in_band_finished
+            config.id,
+            self.conversation,
+            self._outbox,
+            self.conversation_id,
+            defaults.llm_max_tokens,
+            self._in_band_finished,
         )
         self._answer_when_idle = False  # a turn ended while the in-band response was still running
 

@@ -146,11 +146,11 @@ class Providers:
     def secrets(self) -> list[str]:
         return [*self.stt.secrets, *self.llm.secrets, *self.tts.secrets]
 
-    def create_stt(self, port: TranscriptionPort, session_id: str) -> TranscriptionProcessor:
-        return TranscriptionProcessor(self.stt, port, session_id)
+    def create_stt(self, port: TranscriptionPort) -> TranscriptionProcessor:
+        return TranscriptionProcessor(self.stt, port)
 
-    def create_llm(self, session_id: str) -> ChatLLMProcessor:
-        return ChatLLMProcessor(self.llm, session_id)
+    def create_llm(self) -> ChatLLMProcessor:
+        return ChatLLMProcessor(self.llm)
 
     def create_tts(self, session_id: str) -> TTSService:
         return self.tts.create(session_id)

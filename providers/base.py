@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
-from session.commands import RunResponse, Usage
+from session.commands import RunResponse, Transcribe, Usage
 
 # Every request to a provider names the session and the request it is for: a provider's logs can then be matched to
 # sessions (OpenAI documents this header for that; others ignore it), and so can the tests' loopback fakes.
@@ -78,7 +78,7 @@ class ChatClient(Protocol):
     supports_images: bool
     secrets: list[str]
 
-    def stream(self, run: RunResponse, request_id: str) -> AsyncIterator[ChatChunk]: ...
+    def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]: ...
 
     async def close(self) -> None: ...
 
@@ -102,19 +102,12 @@ class Transcriber(Protocol):
     """Speech-to-text on a committed user turn (PCM16 mono 16 kHz), shared by every session.
 
     `transcribe` raises `providers.errors.ProviderError`s; `on_delta` gets the text as it is recognised, for
-    providers that stream it."""
+    providers that stream it. The turn's language and prompt are the session's transcription settings."""
 
     name: str
     secrets: list[str]
 
-    async def transcribe(
-        self,
-        pcm: bytes,
-        language: str | None,
-        prompt: str | None,
-        on_delta: DeltaCallback | None = None,
-        request_id: str = "",
-    ) -> Transcript: ...
+    async def transcribe(self, turn: Transcribe, on_delta: DeltaCallback | None = None) -> Transcript: ...
 
     async def close(self) -> None: ...
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from audio_utils import PIPELINE_INPUT_RATE
 from config import Settings
-from providers.base import REQUEST_ID_HEADER, DeltaCallback, Transcript
+from providers.base import REQUEST_ID_HEADER, DeltaCallback, Transcript, request_id
 from providers.errors import (
     ProviderError,
     ProviderStatusError,
@@ -17,6 +17,7 @@ from providers.errors import (
     redact,
     tidy_detail,
 )
+from session.commands import Transcribe
 
 # --------------------------------------------------------------------------------------------------------------
 # Text joining (transcripts of several segments)
@@ -93,21 +94,15 @@ class DeepgramTranscriber:
             options["language"] = language
         return options
 
-    async def transcribe(
-        self,
-        pcm: bytes,
-        language: str | None,
-        prompt: str | None,
-        on_delta: DeltaCallback | None = None,
-        request_id: str = "",
-    ) -> Transcript:
+    async def transcribe(self, turn: Transcribe, on_delta: DeltaCallback | None = None) -> Transcript:
+        pcm, correlation = turn.pcm, request_id(turn.session_id, turn.request_id)
         # Imported when used: the SDK is only needed when Deepgram is the configured STT.
         from deepgram.core.api_error import ApiError
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
         try:
             async with asyncio.timeout(self._timeout_s):
-                text = await self._stream(pcm, self.options(language), on_delta, request_id)
+                text = await self._stream(pcm, self.options(turn.language), on_delta, correlation)
         except TimeoutError:
             raise ProviderTimeout("Deepgram timed out") from None
         except ApiError as exc:  # the handshake was refused
@@ -127,13 +122,13 @@ class DeepgramTranscriber:
         return Transcript(text=text, duration_s=len(pcm) / 2 / PIPELINE_INPUT_RATE)
 
     async def _stream(
-        self, pcm: bytes, options: dict[str, Any], on_delta: DeltaCallback | None, request_id: str
+        self, pcm: bytes, options: dict[str, Any], on_delta: DeltaCallback | None, correlation: str
     ) -> str:
         from deepgram.listen.v1.types import ListenV1Error, ListenV1Metadata, ListenV1Results
 
         finals: list[str] = []
         emitted = ""
-        headers = {"additional_headers": {REQUEST_ID_HEADER: request_id}}
+        headers = {"additional_headers": {REQUEST_ID_HEADER: correlation}}
         async with self._client.listen.v1.connect(**options, request_options=headers) as socket:
             sender = asyncio.create_task(self._send(socket, pcm), name="deepgram-send")
             try:

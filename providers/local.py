@@ -15,7 +15,7 @@ import local_models
 from config import Settings
 from providers.base import ChatChunk, DeltaCallback, Transcript
 from providers.tts import SpeedVoiceProvider, StreamingTTS
-from session.commands import RunResponse
+from session.commands import RunResponse, Transcribe
 
 
 def _cache_dir(settings: Settings) -> Path:
@@ -62,7 +62,7 @@ class LocalChat:
         async for _ in self._llm.stream(request):
             pass
 
-    async def stream(self, run: RunResponse, request_id: str = "") -> AsyncIterator[ChatChunk]:
+    async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
         if self._llm is None:
             raise RuntimeError("the local LLM is not loaded")
         request: dict[str, Any] = {
@@ -101,17 +101,10 @@ class LocalWhisperTranscriber:
         self._model = await asyncio.to_thread(local_models.LocalWhisper.load, self.model_path)
         await self._model.warm_up()
 
-    async def transcribe(
-        self,
-        pcm: bytes,
-        language: str | None,
-        prompt: str | None,
-        on_delta: DeltaCallback | None = None,
-        request_id: str = "",
-    ) -> Transcript:
+    async def transcribe(self, turn: Transcribe, on_delta: DeltaCallback | None = None) -> Transcript:
         if self._model is None:
             raise RuntimeError("the local Whisper model is not loaded")
-        result = await self._model.transcribe(pcm, language or self._language, prompt)
+        result = await self._model.transcribe(turn.pcm, turn.language or self._language, turn.prompt)
         return Transcript(text=result.text, duration_s=result.duration_s)
 
     async def close(self) -> None:

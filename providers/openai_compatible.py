@@ -19,7 +19,7 @@ from pipecat.services.tts_service import TTSService
 
 from audio_utils import PIPELINE_INPUT_RATE, pcm16_to_wav
 from config import Settings
-from providers.base import REQUEST_ID_HEADER, ChatChunk, DeltaCallback, Transcript
+from providers.base import REQUEST_ID_HEADER, ChatChunk, DeltaCallback, Transcript, request_id
 from providers.errors import (
     ProviderError,
     ProviderStatusError,
@@ -28,7 +28,7 @@ from providers.errors import (
     redact,
 )
 from providers.tts import SpeedVoiceProvider, StreamingTTS
-from session.commands import RunResponse
+from session.commands import RunResponse, Transcribe
 
 # --------------------------------------------------------------------------------------------------------------
 # HTTP clients and their errors
@@ -122,7 +122,7 @@ class OpenAICompatibleChat:
         self._token_limit_field = token_limit_field
         self._client = openai_client(base_url, api_key, timeout_s)
 
-    async def stream(self, run: RunResponse, request_id: str) -> AsyncIterator[ChatChunk]:
+    async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
         # The SDK's low-level `post` rather than `chat.completions.create`: the latter re-validates and copies the
         # whole conversation on every request (milliseconds per response for long conversations, all of it on the
         # event loop) and builds a pydantic model per streamed chunk. Errors are the SDK's own either way.
@@ -141,7 +141,7 @@ class OpenAICompatibleChat:
             stream = await self._client.post(
                 "/chat/completions",
                 body=params,
-                options={"headers": {REQUEST_ID_HEADER: request_id}},
+                options={"headers": {REQUEST_ID_HEADER: request_id(run.session_id, run.response_id)}},
                 cast_to=object,
                 stream=True,
                 stream_cls=openai.AsyncStream[object],
@@ -169,24 +169,18 @@ class OpenAITranscriber:
         self.secrets = [api_key] if api_key else []
         self._client = openai_client(base_url, api_key, timeout_s)
 
-    async def transcribe(
-        self,
-        pcm: bytes,
-        language: str | None,
-        prompt: str | None,
-        on_delta: DeltaCallback | None = None,
-        request_id: str = "",
-    ) -> Transcript:
+    async def transcribe(self, turn: Transcribe, on_delta: DeltaCallback | None = None) -> Transcript:
+        pcm = turn.pcm
         params: dict[str, Any] = {
             "model": self.model,
             "file": ("audio.wav", pcm16_to_wav(pcm, PIPELINE_INPUT_RATE), "audio/wav"),
             "response_format": "json",
-            "extra_headers": {REQUEST_ID_HEADER: request_id},
+            "extra_headers": {REQUEST_ID_HEADER: request_id(turn.session_id, turn.request_id)},
         }
-        if language:
-            params["language"] = language
-        if prompt:
-            params["prompt"] = prompt
+        if turn.language:
+            params["language"] = turn.language
+        if turn.prompt:
+            params["prompt"] = turn.prompt
         with openai_errors(self.secrets):
             result = await self._client.audio.transcriptions.create(**params)
         return Transcript(text=result.text.strip(), duration_s=len(pcm) / 2 / PIPELINE_INPUT_RATE)
@@ -215,6 +209,13 @@ class SpeechTTS(StreamingTTS):
         """An HTTP error's reason, for `ProviderStatusError.detail`."""
         return sdk_error_detail(exc, secrets)
 
+    @property
+    def read_size(self) -> int | None:
+        """How much audio makes one frame (None: each piece as it arrives). Half a second, as Pipecat's own OpenAI
+        service read it: a frame becomes an `output_audio.delta`, and each costs the server CPU (at 100 ms pieces
+        a loaded server answered half as fast)."""
+        return self.chunk_size
+
     def request(self, text: str) -> dict[str, Any]:
         """The arguments of `audio.speech.with_streaming_response.create` for `text`."""
         if self.voice not in OPENAI_TTS_VOICES:  # the configured voice is none of OpenAI's; worded as Pipecat did
@@ -226,7 +227,7 @@ class SpeechTTS(StreamingTTS):
         request = {**self.request(text), "extra_headers": {REQUEST_ID_HEADER: self.next_request_id()}}
         with openai_errors(self._secrets, self.error_detail):
             async with self._client.audio.speech.with_streaming_response.create(**request) as response:
-                async for chunk in response.iter_bytes():
+                async for chunk in response.iter_bytes(self.read_size):
                     yield chunk
 
 

@@ -32,6 +32,10 @@ class SiliconFlowTTS(SpeechTTS):
             request["speed"] = self.speed
         return request
 
+    @property
+    def read_size(self) -> int | None:
+        return None  # SiliconFlow's audio goes on as it arrives, as it always has
+
     def error_detail(self, exc: openai.APIStatusError, secrets: list[str]) -> str:
         # SiliconFlow's own error body (`{"code", "message", "data"}`, or plain text), worded as the other
         # non-OpenAI providers' reasons are.

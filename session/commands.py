@@ -26,6 +26,7 @@ class RunResponse:
     modality: Modality
     voice: str
     speed: float
+    session_id: str  # who asks: providers name it in their requests (`providers.base.REQUEST_ID_HEADER`)
     has_images: bool = False
 
 
@@ -63,6 +64,7 @@ class Transcribe:
     pcm: bytes
     language: str | None
     prompt: str | None
+    session_id: str  # who asks, as for `RunResponse`
 
 
 Command: TypeAlias = RunResponse | CancelResponse | FeedAudio | ConfigureTurnDetection | ResetTurnDetection | Transcribe

@@ -63,8 +63,14 @@ class _Speaking:
 
 class InputTurns:
     def __init__(
-        self, config: InputAudioConfig, conversation: Conversation, outbox: Outbox, max_retained_audio_ms: float
+        self,
+        session_id: str,
+        config: InputAudioConfig,
+        conversation: Conversation,
+        outbox: Outbox,
+        max_retained_audio_ms: float,
     ) -> None:
+        self._session_id = session_id
         self._config = config
         self._conversation = conversation
         self._outbox = outbox
@@ -280,6 +286,7 @@ class InputTurns:
             to_pipeline_pcm(audio, self.format),
             (transcription.language if transcription else None) or None,
             (transcription.prompt if transcription else None) or None,
+            self._session_id,
         )
 
     def on_transcription_delta(self, request_id: str, delta: str) -> None:

@@ -103,12 +103,14 @@ class FinishedResponse:
 class ResponseStream:
     def __init__(
         self,
+        session_id: str,
         conversation: Conversation,
         outbox: Outbox,
         conversation_id: str,
         llm_max_tokens: int,
         on_in_band_finished: Callable[[FinishedResponse], None],
     ) -> None:
+        self._session_id = session_id
         self._conversation = conversation
         self._outbox = outbox
         self._conversation_id = conversation_id
@@ -177,6 +179,7 @@ class ResponseStream:
             modality=modality,
             voice=voice["id"] if isinstance(voice, dict) else voice,
             speed=session_output.speed,
+            session_id=self._session_id,
         )
         response = _Response(
             id=run.response_id,

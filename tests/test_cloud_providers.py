@@ -24,6 +24,7 @@ import pytest
 from config import Settings
 from providers.errors import ConfigurationError
 from service_providers import Providers
+from session.commands import Transcribe
 from tests.fakes.deepgram_fake import FakeDeepgram
 from tests.fakes.edge_tts_fake import FakeEdgeTTS, mp3
 from tests.fakes.elevenlabs_fake import FakeElevenLabs
@@ -337,7 +338,7 @@ async def test_a_provider_that_cannot_be_reached_is_reported_unavailable(monkeyp
     with pytest.raises(Exception) as caught:
         if provider == "deepgram":
             transcriber = DeepgramTranscriber(DG_KEY, "nova-2", None, f"ws://{closed}", 2.0)
-            await transcriber.transcribe(b"\x00\x00" * 1600, None, None)
+            await transcriber.transcribe(Transcribe("stt_test", b"\x00\x00" * 1600, None, None, "sess_test"))
         else:
             tts = {
                 "edge_tts": lambda: EdgeTtsProvider("zh-CN-XiaoxiaoNeural", f"ws://{closed}/x", 2.0),
