@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(1024, ge=1)
     llm_system_prompt: str = DEFAULT_INSTRUCTIONS
     llm_timeout_s: float = Field(30.0, gt=0)
+    llm_context_tokens: int = Field(
+        32_768,
+        ge=512,
+        description="Context window of the remote LLM (OpenAI-compatible, Ollama: its num_ctx, SiliconFlow), in "
+        "tokens: each request is kept inside it by the session's truncation",
+    )
 
     # Ollama (OpenAI-compatible endpoint)
     ollama_base_url: str = "http://localhost:11434/v1"

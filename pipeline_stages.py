@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 from typing import Protocol
 
+from loguru import logger
 from pipecat.frames.frames import Frame, LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from context_window import ContextOverflow, ContextWindow, Fitted
 from pipeline_frames import (
     ResponseEndFrame,
     ResponseMessageStartFrame,
@@ -46,6 +48,8 @@ class ChatLLMProcessor(FrameProcessor):
         super().__init__(name=f"llm-{client.name}")
         self._client = client
         self._message_started = False
+        self._window = ContextWindow(client.context_tokens, self._count_tokens)
+        self._dropped = 0  # items the previous request left out: a new truncation is logged once
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -76,7 +80,11 @@ class ChatLLMProcessor(FrameProcessor):
             if run.tools and run.tool_choice != "none":
                 text_calls = TextToolCallFilter({tool["function"]["name"] for tool in run.tools})
             try:
-                usage, finish_reason = await self._stream_reply(run, text_calls)
+                fitted = await self._fit(run)
+                usage, finish_reason = await self._stream_reply(fitted.run, text_calls)
+                self._window.calibrate(fitted, usage)
+            except ContextOverflow as overflow:
+                failure = ProviderFailure("context_length_exceeded", str(overflow), error_type="invalid_request_error")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -84,6 +92,27 @@ class ChatLLMProcessor(FrameProcessor):
         if audio:
             await self.push_frame(LLMFullResponseEndFrame())
         await self.push_frame(ResponseEndFrame(response_id, usage, finish_reason, failure))
+
+    async def _fit(self, run: RunResponse) -> Fitted:
+        """The request as the context can hold it (the session's `truncation`, see `context_window.py`)."""
+        fitted = await self._window.fit(run)
+        if fitted.dropped_items != self._dropped and run.in_band:
+            self._dropped = fitted.dropped_items
+            if fitted.dropped_items:
+                kept = sum(len(unit.item_ids) for unit in fitted.run.units)
+                logger.info(
+                    f"Session {run.session_id}: context truncated ({run.truncation.kind}): {fitted.dropped_items} "
+                    f"oldest item(s) left out, {kept} kept; about {fitted.tokens_before} -> {fitted.tokens_after} "
+                    f"tokens of {self._window.context_tokens}"
+                )
+        return fitted
+
+    async def _count_tokens(self, run: RunResponse) -> int | None:
+        try:
+            return await self._client.count_tokens(run)
+        except Exception as exc:  # counting is a refinement: the estimate stands without it
+            logger.warning(f"{self._client.name}: could not count the prompt's tokens ({exc}); estimating")
+            return None
 
     async def _stream_reply(
         self, run: RunResponse, text_calls: TextToolCallFilter | None

@@ -77,8 +77,12 @@ class ChatClient(Protocol):
     name: str
     supports_images: bool
     secrets: list[str]
+    context_tokens: int  # the model's context window, which truncation keeps each request inside
 
     def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]: ...
+
+    async def count_tokens(self, run: RunResponse) -> int | None:
+        """The request's prompt tokens by the model's own tokenizer, or None when only the provider knows."""
 
     async def close(self) -> None: ...
 

@@ -62,9 +62,11 @@ class LocalChat:
         async for _ in self._llm.stream(request):
             pass
 
-    async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
-        if self._llm is None:
-            raise RuntimeError("the local LLM is not loaded")
+    @property
+    def context_tokens(self) -> int:
+        return self._settings.local_llm_context  # each conversation's share of llama.cpp's context
+
+    def _request(self, run: RunResponse) -> dict[str, Any]:
         request: dict[str, Any] = {
             "messages": run.messages,
             "max_tokens": run.max_tokens,
@@ -73,8 +75,18 @@ class LocalChat:
         if run.tools:
             request["tools"] = run.tools
             request["tool_choice"] = run.tool_choice
-        async for chunk in self._llm.stream(request):
+        return request
+
+    async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
+        if self._llm is None:
+            raise RuntimeError("the local LLM is not loaded")
+        async for chunk in self._llm.stream(self._request(run), affinity=run.session_id):
             yield ChatChunk.from_openai(chunk)
+
+    async def count_tokens(self, run: RunResponse) -> int | None:
+        if self._llm is None:
+            return None
+        return await self._llm.count_tokens(self._request(run))
 
     async def close(self) -> None:
         if self._llm is not None:

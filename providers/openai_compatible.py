@@ -113,10 +113,12 @@ class OpenAICompatibleChat:
         timeout_s: float,
         *,
         token_limit_field: str = "max_tokens",
+        context_tokens: int,
         supports_images: bool = True,
     ) -> None:
         self.name = name
         self.model = model
+        self.context_tokens = context_tokens
         self.supports_images = supports_images
         self.secrets = [api_key] if api_key else []
         self._token_limit_field = token_limit_field
@@ -150,6 +152,9 @@ class OpenAICompatibleChat:
                 async for chunk in stream:
                     if isinstance(chunk, dict):
                         yield ChatChunk.from_openai(chunk)
+
+    async def count_tokens(self, run: RunResponse) -> int | None:
+        return None  # an OpenAI-compatible API has no tokenizer endpoint: its usage calibrates the estimates
 
     async def close(self) -> None:
         await self._client.close()
@@ -295,11 +300,19 @@ def create_llm(settings: Settings) -> OpenAICompatibleChat:
         settings.llm_timeout_s,
         # OpenAI's own endpoint deprecated `max_tokens`; OpenAI-compatible servers mostly know only that one.
         token_limit_field="max_completion_tokens" if is_openai_host(base_url) else "max_tokens",
+        context_tokens=settings.llm_context_tokens,
     )
 
 
 def create_ollama_llm(settings: Settings) -> OpenAICompatibleChat:
-    return OpenAICompatibleChat("ollama", settings.ollama_base_url, None, settings.ollama_model, settings.llm_timeout_s)
+    return OpenAICompatibleChat(
+        "ollama",
+        settings.ollama_base_url,
+        None,
+        settings.ollama_model,
+        settings.llm_timeout_s,
+        context_tokens=settings.llm_context_tokens,
+    )
 
 
 def create_tts(settings: Settings) -> SpeechProvider:

@@ -88,7 +88,10 @@ def create_stt(settings: Settings) -> OpenAITranscriber:
 
 def create_llm(settings: Settings) -> OpenAICompatibleChat:
     base_url, api_key = _endpoint(settings)
-    return OpenAICompatibleChat("siliconflow", base_url, api_key, settings.siliconflow_model, settings.llm_timeout_s)
+    model, timeout_s = settings.siliconflow_model, settings.llm_timeout_s
+    return OpenAICompatibleChat(
+        "siliconflow", base_url, api_key, model, timeout_s, context_tokens=settings.llm_context_tokens
+    )
 
 
 def create_tts(settings: Settings) -> SiliconFlowTtsProvider:

@@ -7,18 +7,41 @@ carries them out, and the pipeline's stages report back token usage and provider
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from protocol import JsonDict, Modality
 from session.configuration import TurnDetectionConfig
 
 
+@dataclass(frozen=True)
+class TruncationPolicy:
+    """The session's `truncation`: what the LLM stage does when the conversation does not fit the model's context
+    (`context_window.py`). `auto` drops the oldest items until it fits; `disabled` fails the response instead;
+    `retention_ratio` drops them, once past the limit (`post_instructions_tokens`, default: all the context allows),
+    until `retention_ratio` of that limit is left, and keeps that cut on later turns."""
+
+    kind: Literal["auto", "disabled", "retention_ratio"] = "auto"
+    retention_ratio: float = 1.0
+    post_instructions_tokens: int | None = None
+
+
+@dataclass
+class ChatUnit:
+    """The chat messages of conversation items that the LLM must see together or not at all: one message, or an
+    assistant turn with its tool calls and their outputs (chat APIs refuse a call without its answer)."""
+
+    item_ids: tuple[str, ...]
+    messages: list[JsonDict]
+
+
 @dataclass
 class RunResponse:
-    """Generate a response: run the LLM on `messages`, and TTS on its text when `modality` is audio."""
+    """Generate a response: run the LLM on the conversation (`system` then `units`), and TTS on its text when
+    `modality` is audio."""
 
     response_id: str
-    messages: list[JsonDict]
+    system: list[JsonDict]  # the instructions, which truncation never drops
+    units: list[ChatUnit]  # the conversation, oldest first
     tools: list[JsonDict]
     tool_choice: str | JsonDict
     max_tokens: int
@@ -27,7 +50,13 @@ class RunResponse:
     voice: str
     speed: float
     session_id: str  # who asks: providers name it in their requests (`providers.base.REQUEST_ID_HEADER`)
+    truncation: TruncationPolicy = field(default_factory=TruncationPolicy)
+    in_band: bool = True  # out-of-band responses leave the session's truncation point alone
     has_images: bool = False
+
+    @property
+    def messages(self) -> list[JsonDict]:
+        return [*self.system, *(message for unit in self.units for message in unit.messages)]
 
 
 @dataclass

@@ -37,9 +37,9 @@ from wire.models import (
     NoiseReduction,
     PromptReference,
     Reasoning,
-    RetentionRatioTruncation,
     ToolChoice,
-    TracingConfig,
+    Tracing,
+    Truncation,
     VoiceId,
 )
 
@@ -184,8 +184,8 @@ class RealtimeConfig(SessionConfigBase):
     tools: list[FunctionTool]
     tool_choice: ToolChoice
     max_output_tokens: int | Literal["inf"]
-    tracing: Literal["auto"] | TracingConfig | None
-    truncation: Literal["auto", "disabled"] | RetentionRatioTruncation
+    tracing: Tracing | None
+    truncation: Truncation
     prompt: PromptReference | None
     audio: RealtimeAudioConfig
     reasoning: Reasoning | None = None

@@ -11,6 +11,7 @@ from typing import Any
 
 from audio_utils import AudioFormat, encode_base64
 from protocol import JsonDict
+from session.commands import ChatUnit
 
 ROOT = "root"
 
@@ -144,7 +145,13 @@ def item_text(item: JsonDict) -> str:
 
 
 def chat_messages(items: list[JsonDict], instructions: str) -> list[JsonDict]:
-    """The conversation as an OpenAI chat-completions message list.
+    """The conversation as an OpenAI chat-completions message list, the instructions first."""
+    system = [{"role": "system", "content": instructions}] if instructions else []
+    return [*system, *(message for unit in chat_units(items) for message in unit.messages)]
+
+
+def chat_units(items: list[JsonDict]) -> list[ChatUnit]:
+    """The conversation as the chat messages the LLM sees, in units that truncation keeps whole.
 
     Chat APIs require every assistant tool call to be answered by a tool message right after it, so a call's
     output is moved next to its call; calls not answered yet are left out, and an output whose call is not in
@@ -152,17 +159,18 @@ def chat_messages(items: list[JsonDict], instructions: str) -> list[JsonDict]:
     """
     outputs = {item["call_id"]: item for item in items if item["type"] == "function_call_output"}
     calls = {item["call_id"] for item in items if item["type"] == "function_call"}
-    messages: list[JsonDict] = [{"role": "system", "content": instructions}] if instructions else []
+    units: list[ChatUnit] = []
     pending: JsonDict | None = None  # the assistant message being built: text and tool calls
     pending_outputs: list[JsonDict] = []
+    pending_ids: list[str] = []
 
     def flush() -> None:
         nonlocal pending
         if pending is not None:
-            messages.append(pending)
-            messages.extend(pending_outputs)
+            units.append(ChatUnit(tuple(pending_ids), [pending, *pending_outputs]))
         pending = None
         pending_outputs.clear()
+        pending_ids.clear()
 
     for item in items:
         kind = item["type"]
@@ -171,13 +179,13 @@ def chat_messages(items: list[JsonDict], instructions: str) -> list[JsonDict]:
             flush()
             if role == "assistant":
                 text = item_text(item)
-                pending = {"role": "assistant", "content": text or None}
-                if not text:
-                    pending = None
+                if text:
+                    pending = {"role": "assistant", "content": text}
+                    pending_ids.append(item.get("id", ""))
                 continue
             content = _user_or_system_content(item) if role == "user" else item_text(item)
             if content:
-                messages.append({"role": role, "content": content})
+                units.append(ChatUnit((item.get("id", ""),), [{"role": role, "content": content}]))
         elif kind == "function_call":
             call_id = item["call_id"]
             if call_id not in outputs:
@@ -192,13 +200,15 @@ def chat_messages(items: list[JsonDict], instructions: str) -> list[JsonDict]:
                 }
             )
             pending_outputs.append({"role": "tool", "tool_call_id": call_id, "content": outputs[call_id]["output"]})
+            pending_ids.extend((item.get("id", ""), outputs[call_id].get("id", "")))
         elif kind == "function_call_output":
             if item["call_id"] in calls:
                 continue  # placed right after its call
             flush()
-            messages.append({"role": "system", "content": f"Result of tool call {item['call_id']}: {item['output']}"})
+            note = {"role": "system", "content": f"Result of tool call {item['call_id']}: {item['output']}"}
+            units.append(ChatUnit((item.get("id", ""),), [note]))
     flush()
-    return messages
+    return units
 
 
 def _user_or_system_content(item: JsonDict) -> str | list[JsonDict]:

@@ -26,18 +26,19 @@ from typing import Literal, TypeAlias
 
 from audio_utils import AudioFormat, OutputEncoder, encode_base64
 from protocol import JsonDict, Modality, ProtocolError, ServerEvent, error_event, new_id
-from session.commands import CancelResponse, ProviderFailure, RunResponse, Usage
+from session.commands import CancelResponse, ProviderFailure, RunResponse, TruncationPolicy, Usage
 from session.configuration import RealtimeConfig, as_wire
 from session.conversation import (
     Conversation,
     SpokenSegment,
     StoredItem,
-    chat_messages,
+    chat_units,
     has_image,
     tool_choice_for_chat,
     tools_for_chat,
 )
 from session.outbox import Outbox, snapshot
+from wire.models import RetentionRatioTruncation
 
 MAX_CONCURRENT_RESPONSES = 8  # keeps one misbehaving client from growing server memory without limit
 
@@ -171,7 +172,8 @@ class ResponseStream:
         max_output_tokens = params.get("max_output_tokens", config.max_output_tokens)
         run = RunResponse(
             response_id=new_id("resp"),
-            messages=[],
+            system=[],
+            units=[],
             tools=tools_for_chat(tools),
             tool_choice=tool_choice_for_chat(tool_choice),
             max_tokens=self._llm_max_tokens if max_output_tokens == "inf" else int(max_output_tokens),
@@ -180,6 +182,8 @@ class ResponseStream:
             voice=voice["id"] if isinstance(voice, dict) else voice,
             speed=session_output.speed,
             session_id=self._session_id,
+            truncation=truncation_policy(config.truncation),
+            in_band=in_band,
         )
         response = _Response(
             id=run.response_id,
@@ -208,7 +212,10 @@ class ResponseStream:
             if any(is_transcribing(item.get("id")) for item in items):
                 continue
             response.state = ResponseState.GENERATING
-            response.run.messages = chat_messages(items, response.instructions)
+            response.run.system = (
+                [{"role": "system", "content": response.instructions}] if response.instructions else []
+            )
+            response.run.units = chat_units(items)
             response.run.has_images = any(has_image(item) for item in items if item["type"] == "message")
             self._outbox.command(response.run)
 
@@ -489,3 +496,12 @@ class ResponseStream:
 def _new_item(item_type: str, **fields: object) -> JsonDict:
     """An output item as it opens (`in_progress`)."""
     return {"id": new_id("item"), "type": item_type, "object": "realtime.item", "status": "in_progress", **fields}
+
+
+def truncation_policy(truncation: Literal["auto", "disabled"] | RetentionRatioTruncation) -> TruncationPolicy:
+    """The session's `truncation` as the LLM stage applies it."""
+    if isinstance(truncation, RetentionRatioTruncation):
+        limits = truncation.token_limits
+        limit = limits.post_instructions if limits is not None else None
+        return TruncationPolicy("retention_ratio", truncation.retention_ratio, limit)
+    return TruncationPolicy(truncation)

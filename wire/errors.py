@@ -21,6 +21,13 @@ _TYPE_NAMES = {
 }
 
 
+# Fields that take an object as well as the strings listed: the message names it too.
+_ALSO_SUPPORTED = {
+    "session.truncation": "an object of type 'retention_ratio'",
+    "session.tracing": "an object with 'workflow_name', 'group_id' and 'metadata'",
+}
+
+
 def validation_error(exc: ValidationError, data: JsonDict, event_id: str | None) -> ProtocolError:
     errors = exc.errors(include_url=False)
     # Prefer the most specific error: unknown or missing fields before the alternatives of a union.
@@ -50,6 +57,8 @@ def validation_error(exc: ValidationError, data: JsonDict, event_id: str | None)
         textual = all(not option.lstrip("-").isdigit() for option in _literal_options(expected))
         if textual and not isinstance(value, str):
             return invalid_type(param, "a string", value, event_id)
+        if param in _ALSO_SUPPORTED:
+            expected = f"{expected.replace(' or ', ', ')} or {_ALSO_SUPPORTED[param]}"
         return ProtocolError(
             f"Invalid value: '{clip(value)}'. Supported values are: {expected}.", "invalid_value", param, event_id
         )

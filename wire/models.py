@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from protocol import MAX_OUTPUT_TOKENS_LIMIT, ClientEvent, Dialect, Modality
 
@@ -157,6 +157,21 @@ class RetentionRatioTruncation(_Wire):
     token_limits: TokenLimits | None = None
 
 
+def _shape(value: Any) -> str:
+    return "object" if isinstance(value, dict | BaseModel) else "text"  # a model: when it is serialized
+
+
+# A field that takes a string or an object: validated as the one the client sent, so that an error speaks of the
+# object's fields, or of the strings allowed, instead of both at once.
+Truncation = Annotated[
+    Annotated[Literal["auto", "disabled"], Tag("text")] | Annotated[RetentionRatioTruncation, Tag("object")],
+    Discriminator(_shape),
+]
+Tracing = Annotated[
+    Annotated[Literal["auto"], Tag("text")] | Annotated[TracingConfig, Tag("object")], Discriminator(_shape)
+]
+
+
 class PromptReference(_Wire):
     id: str
     version: str | None = None
@@ -185,8 +200,8 @@ class GaRealtimeSession(_GaGeneration):
     model: str | None = None
     audio: GaAudio | None = None
     include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
-    tracing: Literal["auto"] | TracingConfig | None = None
-    truncation: Literal["auto", "disabled"] | RetentionRatioTruncation | None = None
+    tracing: Tracing | None = None
+    truncation: Truncation | None = None
 
 
 class GaTranscriptionAudio(_Wire):
@@ -316,7 +331,7 @@ class _BetaGeneration(_Wire):
 class BetaSession(_BetaGeneration, _BetaAudioInput):
     model: str | None = None
     speed: Annotated[float, Field(ge=0.25, le=1.5)] | None = None
-    tracing: Literal["auto"] | TracingConfig | None = None
+    tracing: Tracing | None = None
 
 
 class BetaTranscriptionSession(_BetaAudioInput):

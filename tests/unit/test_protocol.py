@@ -253,3 +253,27 @@ def test_beta_rendering_renames_and_drops() -> None:
     assert rendered["type"] == "conversation.item.created"
     assert rendered["item"]["content"] == [{"type": "audio", "transcript": "hi"}]
     assert rendered["item"]["object"] == "realtime.item"
+
+
+@pytest.mark.parametrize(
+    ("truncation", "code", "param", "words"),
+    [
+        ("bogus", "invalid_value", "session.truncation", "an object of type 'retention_ratio'"),
+        ({"type": "retention_ratio"}, "missing_required_parameter", "session.truncation.retention_ratio", "Missing"),
+        ({"type": "retention_ratio", "retention_ratio": 2}, "decimal_above_max_value", None, "<= 1.0"),
+        ({"type": "other", "retention_ratio": 0.5}, "invalid_value", "session.truncation.type", "'retention_ratio'"),
+        (
+            {"type": "retention_ratio", "retention_ratio": 0.5, "token_limits": {"post_instructions": -1}},
+            "integer_below_min_value",
+            "session.truncation.token_limits.post_instructions",
+            ">= 0",
+        ),
+    ],
+)
+def test_bad_truncation_is_named_exactly(truncation: Any, code: str, param: str | None, words: str) -> None:
+    event = {"type": "session.update", "event_id": "evt_t", "session": {"type": "realtime", "truncation": truncation}}
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_event(json.dumps(event), "ga")
+    error = caught.value
+    assert error.code == code and words in error.message and error.event_id == "evt_t"
+    assert error.param == (param or "session.truncation.retention_ratio")
