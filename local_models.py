@@ -619,14 +619,12 @@ class LocalLLM:
         alias: str,
         max_concurrent: int,
         default_max_tokens: int,
-        context_tokens: int = 4096,
         http_key: str = "",
     ) -> None:
         self._server = server
         self.path = path
         self.model_name = alias
         self.default_max_tokens = default_max_tokens
-        self.context_tokens = context_tokens  # per conversation (each slot's share)
         self._pool = _BoundedPool("llm", max_concurrent)
         self._slots = _SlotAffinity(max_concurrent)
         self._http_key = http_key
@@ -690,7 +688,7 @@ class LocalLLM:
             description = (
                 f"LLM {alias} from {gguf} (context {n_ctx} x {max_concurrent} slots, xllamacpp {_version('xllamacpp')})"
             )
-            return cls(server, gguf, alias, max_concurrent, default_max_tokens, n_ctx, http_key), description
+            return cls(server, gguf, alias, max_concurrent, default_max_tokens, http_key), description
 
         return _shared(key, load)
 
