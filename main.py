@@ -168,6 +168,8 @@ class RealtimeServer:
             "status": "healthy" if self.ready else "loading",
             "active_sessions": len(self.connections),
             "models_ready": self.ready,
+            # What a soak test watches for leaks (bench/soak.py): it stays flat while sessions come and go.
+            "asyncio_tasks": len(asyncio.all_tasks()),
         }
         return JSONResponse(body, status_code=200 if self.ready else 503)
 
