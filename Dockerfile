@@ -11,7 +11,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# libgomp: llama.cpp's OpenMP runtime, which its wheel expects from the system.
+# libgomp: the OpenMP runtime that xllamacpp's wheel (llama.cpp) links against and does not bundle.
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv "$VIRTUAL_ENV"
 
@@ -26,8 +26,9 @@ ENV MODEL_CACHE_DIR=/opt/models \
 
 # Join and verify (sha256) the weights with the server's own code, now rather than at first start. Only this file is
 # copied, so changes elsewhere in the code keep this layer. The LLM's file gets a whole-second mtime and is verified
-# a second time, so its "verified" marker (size and mtime_ns) still matches after an image export that keeps whole
-# seconds only; otherwise the server would hash it again at every start and try to rewrite the marker.
+# a second time: its "verified" marker records size and mtime_ns, and a layer's tar may keep whole seconds only (the
+# format allows either); a marker that no longer matched would make every start hash the file again and try to rewrite
+# the marker in this read-only folder.
 COPY local_models.py /tmp/build/
 RUN cd /tmp/build && python -c "import os; from pathlib import Path; \
 from local_models import llm_model_path, piper_voice_path, whisper_model_path; \

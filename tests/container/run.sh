@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test-container`: build the image as users do (the repository's Dockerfile), run it, and drive a real session
 # against it with the official SDK from the host: a text turn and a spoken turn on the image's own offline models,
-# then a graceful stop (SIGTERM to the container's PID 1) seen by a connected client.
+# then a graceful stop (SIGTERM to the container's PID 1) seen by a connected client; last, compose.yaml started with
+# podman-compose until healthy. Everything it starts is removed on exit, failed or not.
 #
 # Engine: rootful podman with runc, as ../shared/reference/containers.md measured for machines without a registry.
 # This machine's quirks are handled here, never in the Dockerfile:
@@ -29,6 +30,10 @@ cleanup() {
 	if [ "$status" -ne 0 ] && podman container exists "$CONTAINER" 2>/dev/null; then
 		log "the container's log:"
 		podman logs "$CONTAINER" 2>&1 | tail -n 60 || true
+	fi
+	if [ "$status" -ne 0 ] && podman container exists "${RUN_ID}_server_1" 2>/dev/null; then
+		log "the compose server's log:"
+		podman logs "${RUN_ID}_server_1" 2>&1 | tail -n 40 || true
 	fi
 	podman rm --force --time 0 "$CONTAINER" >/dev/null 2>&1 || true
 	podman network rm --force "$NETWORK" >/dev/null 2>&1 || true
