@@ -28,6 +28,9 @@ from loguru import logger
 # line then stands alone.
 logger.remove()
 logger.add(sys.stderr, level="WARNING")
+# ONNX Runtime (Silero, Smart Turn, Piper) uploads telemetry from C++ on Linux since 1.29 unless this is set before
+# it is imported; nothing may dial out but the providers the user configured.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from access import AccessControl, Refusal, parse_handshake
 from client_secrets import SecretEndpoint, SecretStore, TooManySecrets, mint_for_request
