@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     local_llm_context: int = Field(4096, ge=512, description="Context tokens per conversation")
     local_llm_parallel: int = Field(2, ge=1, description="Conversations the local LLM generates for at once")
     local_llm_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (default: all cores)")
+    local_llm_prompt_cache_mib: int = Field(
+        256,
+        ge=0,
+        description="Host RAM for llama.cpp's cache of idle conversations' prompts (a returning conversation skips "
+        "its prompt); the server's memory grows by up to this much as conversations come and go",
+    )
     piper_voice: str | None = Field(None, description="A Piper .onnx voice; default en_US-joe-medium")
 
     # OpenAI (and any OpenAI-compatible endpoint) for the LLM

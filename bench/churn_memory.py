@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import functools
 import gc
 import json
 import os
@@ -33,7 +32,6 @@ from voice_to_voice import memory_mb
 sys.path.insert(0, str(ROOT))
 from openai import AsyncOpenAI
 
-import local_models
 from config import Settings
 from tests.support.in_process import InProcessServer
 
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--llm-prompt-cache-mib",
         type=int,
-        help="with --offline: llama.cpp's host-RAM prompt cache in MiB (the server's: 256), to see its share",
+        help="with --offline: LOCAL_LLM_PROMPT_CACHE_MIB (256 by default), to see the prompt cache's share",
     )
     parser.add_argument(
         "--no-trace", action="store_true", help="without tracemalloc (its own tables make RSS grow): RSS alone"
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="churn-"))
     fake_port = free_port()
     fake = None if args.offline else start_fake(fake_port, workdir)
-    providers = (
+    providers: dict[str, object] = (
         {}
         if args.offline
         else {
@@ -98,10 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             "tts_provider": "openai_tts",
         }
     )
-    settings = Settings(_env_file=None, server_port=free_port(), log_level="WARNING", **providers)
     if args.llm_prompt_cache_mib is not None:
-        load = local_models.LocalLLM.load
-        local_models.LocalLLM.load = functools.partial(load, cache_ram_mib=args.llm_prompt_cache_mib)  # type: ignore
+        providers["local_llm_prompt_cache_mib"] = args.llm_prompt_cache_mib
+    settings = Settings(_env_file=None, server_port=free_port(), log_level="WARNING", **providers)
     if not args.no_trace:
         tracemalloc.start(12)
     rows = []

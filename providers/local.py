@@ -47,6 +47,7 @@ class LocalChat:
             n_ctx=settings.local_llm_context,
             max_concurrent=settings.local_llm_parallel,
             n_threads=settings.local_llm_threads,
+            cache_ram_mib=settings.local_llm_prompt_cache_mib,
             default_max_tokens=settings.llm_max_tokens,
         )
         # Every llama.cpp slot starts holding the default instructions: a new conversation's first turn then
