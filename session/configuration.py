@@ -168,6 +168,15 @@ class SessionConfigBase(_Config):
         check_mcp_hosts(patch.get("tools") or [], defaults.mcp_allowed_hosts, "session", event_id)
         merged = merge_session(self.to_ga(), patch, defaults.turn_detection())
         _restore_required(merged, _initial_fields(defaults, self.kind, self.id, None))
+        choice = merged.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "mcp":
+            labels = {tool.get("server_label") for tool in merged.get("tools") or [] if tool.get("type") == "mcp"}
+            if choice["server_label"] not in labels:
+                raise ProtocolError(
+                    f"Tool choice names the MCP server '{choice['server_label']}', which is not one of the tools.",
+                    param="session.tool_choice.server_label",
+                    event_id=event_id,
+                )
         return type(self).model_validate({**merged, **self._carried(update)})
 
     def _carried(self, update: SessionUpdate) -> JsonDict:

@@ -19,6 +19,8 @@ from session.commands import ListMcpTools, McpServer
 from session.conversation import Conversation, StoredItem, mcp_chat_name
 from session.outbox import Outbox
 
+MAX_MCP_SERVERS = 16  # per session: each is a connection the server keeps open for it
+
 
 def mcp_server(tool: JsonDict) -> McpServer:
     """The server an `mcp` tool names (validated by `wire.canonical.check_tool`)."""
@@ -117,6 +119,11 @@ class McpTools:
             self._by_item[item["id"]] = server
             self._outbox.item_added(self._conversation.add(StoredItem(item)), item)
             self._outbox.emit(ServerEvent.MCP_LIST_TOOLS_IN_PROGRESS, item_id=item["id"])
+            if len(self._listings) > MAX_MCP_SERVERS:
+                reason = f"a session connects to at most {MAX_MCP_SERVERS} MCP servers"
+                self.on_listed(item["id"], None, reason, [])
+                del self._listings[server], self._by_item[item["id"]]  # refused: not kept
+                continue
             self._outbox.command(ListMcpTools(item["id"], server))
 
     def is_listing(self, tools: list[JsonDict]) -> bool:

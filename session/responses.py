@@ -319,7 +319,7 @@ class ResponseStream:
             call = self._open_mcp_call(response, binding, approval_request_id=approval_id)
             call.arguments.append(arguments)
             self._emit_mcp_arguments(response, call, arguments)
-            self._start_mcp_call(response, call)
+            self._close_call(response, call, "completed")  # its arguments are done: it runs
         if not approved:
             return False
         response.state = ResponseState.CALLING_TOOLS

@@ -367,3 +367,36 @@ async def test_a_session_that_closes_mid_call_leaves_no_task_behind(
     while in_process.task_count() > baseline and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.1)
     assert in_process.task_count() <= baseline
+
+
+async def test_a_spoken_answer_after_a_call(
+    server: RunningServer, fake: FakeOpenAI, mcp_server: LoopbackMcpServer
+) -> None:
+    async with connect(server.base_url) as client:
+        await client.until("conversation.created")
+        session = {"type": "realtime", "output_modalities": ["audio"], "tools": [mcp_tool(mcp_server.url)]}
+        await client.send({"type": "session.update", "session": session})
+        await client.until("session.updated")
+        await client.until("conversation.item.done")
+        script(fake, client.session_id, chat=[call("get_weather", {"city": "Rome"}), {"text": "It is sunny in Rome."}])
+        events = await ask(client, "Weather in Rome?")
+    check_grammar(events)
+    done = events[-1]["response"]
+    assert done["status"] == "completed"
+    assert [item["type"] for item in done["output"]] == ["mcp_call", "message"]
+    assert done["output"][1]["content"][0]["transcript"] == "It is sunny in Rome."
+    assert any(e["type"] == "response.output_audio.delta" for e in events)
+
+
+async def test_older_servers_over_sse(server: RunningServer, fake: FakeOpenAI) -> None:
+    sse_server = LoopbackMcpServer(sse=True).start()
+    try:
+        async with connect(server.base_url) as client:
+            listing = await configure(client, [mcp_tool(sse_server.url)])
+            script(fake, client.session_id, chat=[call("get_weather", {"city": "Kyiv"}), {"text": "Sunny."}])
+            events = await ask(client, "Weather in Kyiv?")
+    finally:
+        sse_server.stop()
+    assert "mcp_list_tools.completed" in [e["type"] for e in listing]
+    assert events[-1]["response"]["output"][0]["output"] == "Sunny and 24 degrees in Kyiv."
+    assert any(h["x-request-method"] == "GET" and h.get("accept") == "text/event-stream" for h in sse_server.headers)

@@ -42,12 +42,14 @@ def build_server() -> MCPServer:
 
 
 class LoopbackMcpServer:
-    """`build_server()` served by uvicorn on 127.0.0.1 (`url` is its streamable HTTP endpoint)."""
+    """`build_server()` served by uvicorn on 127.0.0.1: `url` is its streamable HTTP endpoint, or with `sse` its
+    endpoint of the older SSE transport."""
 
-    def __init__(self) -> None:
+    def __init__(self, sse: bool = False) -> None:
         self.port = free_port()
+        self.sse = sse
         self.headers: list[dict[str, str]] = []  # of every HTTP request, lower-case names (and its method)
-        app = build_server().streamable_http_app()
+        app = build_server().sse_app() if sse else build_server().streamable_http_app()
 
         async def recording(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "http":
@@ -61,7 +63,7 @@ class LoopbackMcpServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return f"http://127.0.0.1:{self.port}/{'sse' if self.sse else 'mcp'}"
 
     def start(self) -> LoopbackMcpServer:
         self._thread.start()

@@ -165,7 +165,13 @@ def test_approval_request_then_approved_call_in_the_next_response() -> None:
     assert (error["param"], error["event_id"]) == ("item.approval_request_id", "e2")
     session.receive(json.dumps({"type": "response.create"}))
     events = drain(session)
-    assert "response.mcp_call.in_progress" in names(events)
+    assert names(events)[names(events).index("response.output_item.added") :] == [
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_call.in_progress",
+    ]
     (call,) = session.take_commands()
     assert isinstance(call, CallMcpTool) and call.tool == "delete"
     added = next(e for e in events if e["type"] == "response.output_item.added")["item"]
@@ -241,3 +247,41 @@ def test_results_and_errors_as_the_api_reports_them() -> None:
         "code": 502,
         "message": "HTTP 502",
     }
+
+
+def test_a_tool_choice_of_type_mcp() -> None:
+    session, _ = listed_session()
+    choice = {"type": "mcp", "server_label": "docs", "name": "search"}
+    session.receive(json.dumps({"type": "session.update", "session": {"type": "realtime", "tool_choice": choice}}))
+    assert names(drain(session)) == ["session.updated"]
+    run = ask(session)
+    assert run.tool_choice == {"type": "function", "function": {"name": "docs__search"}}
+    session.on_tool_call(run.response_id, 0, "call_1", "docs__search", "{}")
+    session.on_response_done(run.response_id, None, "tool_calls")
+    (call,) = [c for c in session.take_commands() if isinstance(c, CallMcpTool)]
+    session.on_mcp_call_done(call.request_id, "ok", None)
+    (again,) = session.take_commands()
+    assert isinstance(again, RunResponse) and again.tool_choice == "auto"  # forced once, not forever
+    any_tool = {"type": "mcp", "server_label": "docs"}
+    session.on_response_done(run.response_id, None, "stop")
+    session.receive(json.dumps({"type": "response.create", "response": {"tool_choice": any_tool}}))
+    (run,) = [c for c in session.take_commands() if isinstance(c, RunResponse)]
+    assert run.tool_choice == "required"
+    missing = {"type": "mcp", "server_label": "other"}
+    session.receive(json.dumps({"type": "session.update", "session": {"type": "realtime", "tool_choice": missing}}))
+    assert drain(session)[-1]["error"]["param"] == "session.tool_choice.server_label"
+
+
+def test_a_session_connects_to_a_bounded_number_of_servers() -> None:
+    from session.mcp import MAX_MCP_SERVERS
+
+    session = RealtimeSession(DEFAULTS, "ga")
+    session.open()
+    drain(session)
+    for index in range(MAX_MCP_SERVERS + 2):
+        tool = {**TOOL, "server_url": f"http://127.0.0.1:{9000 + index}/mcp"}
+        session.receive(json.dumps({"type": "session.update", "session": {"type": "realtime", "tools": [tool]}}))
+    events = drain(session)
+    listings = [c for c in session.take_commands() if isinstance(c, ListMcpTools)]
+    assert len(listings) == MAX_MCP_SERVERS
+    assert names(events).count("mcp_list_tools.failed") == 2
