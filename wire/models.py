@@ -18,7 +18,7 @@ class _Wire(BaseModel):
 
 
 class _LooseWire(BaseModel):
-    """Shapes we recognise only to reject with a clear message (MCP tools and items)."""
+    """Shapes we recognise only to reject with a clear message (MCP items only the server makes, MCP on beta)."""
 
     model_config = ConfigDict(extra="allow")
 
