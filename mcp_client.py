@@ -74,7 +74,7 @@ class _ServerSession:
             if not self._ready.done():
                 self._ready.set_exception(McpUnavailable("closed"))
             raise
-        except BaseException as exc:  # the SDK's task groups raise exception groups
+        except Exception as exc:  # the SDK's task groups raise exception groups (Exceptions too)
             leaf = _leaf(exc)
             if not self._ready.done():
                 self._ready.set_exception(leaf if isinstance(leaf, Exception) else McpUnavailable(str(leaf)))
@@ -156,7 +156,7 @@ class McpSessions:
                 tools = await _list_tools(client)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
+        except Exception as exc:
             reason = _describe(_leaf(exc))
             logger.warning(f"Session {self._session_id}: MCP server '{server.label}' ({_where(server)}): {reason}")
             await self._port.on_mcp_tools_listed(command.request_id, None, reason)
@@ -169,7 +169,7 @@ class McpSessions:
             output = await self._run_call(command)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
+        except Exception as exc:
             error = call_error(_leaf(exc))
             logger.info(f"Session {self._session_id}: MCP call {command.server.label}.{command.tool}: {error.message}")
             await self._port.on_mcp_call_done(command.request_id, None, error)
