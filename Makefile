@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast install install-dev lint bench clean
+.PHONY: run test test-fast test-container install install-dev lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: lint
 # The pure tier: the session core, the wire protocol, access, providers' mapping, configuration (seconds, no servers).
 test-fast: install-dev
 	$(BIN)/python -m pytest -q tests/unit
+
+# The image as users build it (Dockerfile, with rootful podman; installed when missing), run with its network cut and
+# a read-only filesystem, then a text turn, a spoken turn and a graceful stop through the official SDK from here.
+test-container: install-dev
+	tests/container/run.sh
 
 # Response latency: back to back (throughput-bound), then 50 sessions paced like users who listen before speaking.
 bench: install-dev

@@ -6,11 +6,12 @@ The names listed in MISSION.md keep their names (they are what users already hav
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SttProvider = Literal["local_whisper", "openai_whisper", "deepgram", "siliconflow"]
@@ -167,11 +168,6 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @property
-    def websocket_url(self) -> str:
-        host = "localhost" if self.server_host in ("0.0.0.0", "::") else self.server_host
-        return f"ws://{host}:{self.server_port}/v1/realtime"
-
-    @property
     def api_keys(self) -> set[str]:
         return {key.strip() for key in self.realtime_api_keys.get_secret_value().split(",") if key.strip()}
 
@@ -188,6 +184,30 @@ class Settings(BaseSettings):
         return value.get_secret_value() if value is not None else None
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used: one line per variable, named as the user writes it (`VAD_THRESHOLD`)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _variable_problem(error: Any, env_file: str) -> str:
+    variable = str(error["loc"][0]).upper()
+    spelt = [name for name in os.environ if name.upper() == variable]  # names are read in any case
+    source = "the environment" if spelt else env_file
+    message = str(error["msg"])
+    return f"{spelt[0] if spelt else variable}={error['input']} (from {source}): {message[:1].lower()}{message[1:]}"
+
+
+def load_settings(env_file: str = ".env") -> Settings:
+    """The settings, or `SettingsError` naming each bad variable, its value and what is allowed."""
+    try:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise SettingsError([_variable_problem(error, env_file) for error in exc.errors()]) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 from loguru import logger
 
+# Until the settings are read only warnings reach stderr (Pipecat logs a banner when it is imported): a bad setting's
+# line then stands alone.
+logger.remove()
+logger.add(sys.stderr, level="WARNING")
+# ONNX Runtime (Silero, Smart Turn, Piper) uploads telemetry from C++ on Linux since 1.29 unless this is set before
+# it is imported; nothing may dial out but the providers the user configured.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from access import AccessControl, Refusal, parse_handshake
 from client_secrets import SecretEndpoint, SecretStore, TooManySecrets, mint_for_request
-from config import Settings, get_settings
+from config import Settings, SettingsError, get_settings
 from connection import ConnectionLimits, RealtimeConnection
+from launch import GracefulStop, Launch, UvicornProbe, startup_exit_code
 from local_models import ModelError
 from mcp_client import McpLimits
 from protocol import ProtocolError, SessionKind, error_event
@@ -78,7 +86,14 @@ def configure_logging(settings: Settings) -> None:
 def exit_process(code: int) -> None:
     """Ends the process at once: nothing is running yet that could be saved (the models did not load)."""
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(startup_exit_code(code))
+
+
+def refuse_configuration(problems: list[str]) -> NoReturn:
+    """One line per bad setting and exit, before anything listens (the logger may not be set up yet)."""
+    for problem in problems:
+        print(f"Configuration error: {problem}", file=sys.stderr)
+    raise SystemExit(startup_exit_code(EXIT_CONFIGURATION))
 
 
 class RealtimeServer:
@@ -100,7 +115,11 @@ class RealtimeServer:
         self.shutting_down = False
         self.loading_since = time.monotonic()
         self.connections: set[RealtimeConnection] = set()
+        self.launch = Launch(None)
         self._on_fatal = on_fatal
+
+    def launched(self, launch: Launch) -> None:
+        self.launch = launch
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -113,7 +132,11 @@ class RealtimeServer:
             logger.error(f"Configuration error: {exc}")
             raise SystemExit(EXIT_CONFIGURATION) from None
         logger.info(f"Providers: {self.providers.description}")
-        logger.info(f"Realtime WebSocket endpoint: {self.settings.websocket_url}")
+        logger.info(f"Realtime WebSocket endpoint: {self.launch.endpoint()}")
+        for warning in self.launch.warnings(self.settings.max_event_bytes, self.settings.llm_provider == "local"):
+            logger.warning(warning)
+        if self.launch.config is not None:
+            GracefulStop(asyncio.get_running_loop(), self.shut_down_sessions).install()
         if self.access.open:
             logger.warning("REALTIME_API_KEYS is empty: anyone who can reach this port may use the server")
         self.loading_since = time.monotonic()
@@ -154,6 +177,8 @@ class RealtimeServer:
             "status": "healthy" if self.ready else "loading",
             "active_sessions": len(self.connections),
             "models_ready": self.ready,
+            # What a soak test watches for leaks (bench/soak.py): it stays flat while sessions come and go.
+            "asyncio_tasks": len(asyncio.all_tasks()),
         }
         return JSONResponse(body, status_code=200 if self.ready else 503)
 
@@ -224,17 +249,18 @@ def create_app(
     settings: Settings | None = None,
     on_fatal: Callable[[int], None] = exit_process,
     clock: Callable[[], float] = time.time,
-) -> FastAPI:
-    """The app; `on_fatal` ends the process when the models fail to load, `clock` tells client secrets' expiry."""
+) -> UvicornProbe:
+    """The app; `on_fatal` ends the process when the models fail to load, `clock` tells client secrets' expiry.
+
+    Outermost is the probe that tells the server how uvicorn runs it (FastAPI wraps what it passes on)."""
     server = RealtimeServer(settings or get_settings(), on_fatal, clock)
     app = FastAPI(title="Realtime API server", lifespan=server.lifespan)
-    app.state.server = server
     app.add_api_route("/health", server.health, methods=["GET"])
     app.add_api_websocket_route("/v1/realtime", server.realtime)
     for endpoint in get_args(SecretEndpoint):
         app.add_api_route(f"/v1/realtime/{endpoint}", _minting(server, endpoint), methods=["POST"])
     app.add_api_websocket_route("/{path:path}", unknown_path)
-    return app
+    return UvicornProbe(app, on_launch=server.launched)
 
 
 def _minting(server: RealtimeServer, endpoint: SecretEndpoint) -> Callable[[Request], Any]:
@@ -249,26 +275,32 @@ def check_configuration(settings: Settings) -> None:
     Providers.check(settings)
 
 
-def __getattr__(name: str) -> FastAPI:
+def __getattr__(name: str) -> UvicornProbe:
     """`uvicorn main:app` asks for `app`: it is built then, from the settings, once."""
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    app = create_app()
+    app = create_app(checked_settings())
     globals()["app"] = app
     return app
 
 
-def main() -> None:
-    settings = get_settings()
-    configure_logging(settings)
+def checked_settings() -> Settings:
+    """The settings, checked before anything is loaded or listens; bad ones end the process with one line each."""
     try:
+        settings = get_settings()
         check_configuration(settings)
+    except SettingsError as exc:
+        refuse_configuration(exc.problems)
     except (ConfigurationError, ModelError) as exc:
-        logger.error(f"Configuration error: {exc}")
-        sys.exit(EXIT_CONFIGURATION)
-    app = create_app(settings)
+        refuse_configuration([str(exc)])
+    return settings
+
+
+def main() -> None:
+    settings = checked_settings()
+    configure_logging(settings)
     config = uvicorn.Config(
-        app,
+        create_app(settings),
         host=settings.server_host,
         port=settings.server_port,
         # Events over MAX_EVENT_BYTES get an error event; only far larger messages make uvicorn drop the socket.
@@ -278,20 +310,7 @@ def main() -> None:
         log_level="debug" if settings.debug else settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
-    GracefulServer(config, app.state.server).run()
-
-
-class GracefulServer(uvicorn.Server):
-    """On SIGTERM or SIGINT uvicorn would fail every open WebSocket at once with 1012. This ends the sessions first:
-    new ones are refused, responses in progress fail with an error saying why, and the sockets close with 1001."""
-
-    def __init__(self, config: uvicorn.Config, server: RealtimeServer) -> None:
-        super().__init__(config)
-        self._server = server
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await self._server.shut_down_sessions()
-        await super().shutdown(sockets)
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -138,9 +139,16 @@ class Providers:
 
     @staticmethod
     def check(settings: Settings) -> None:
-        """Raises `ConfigurationError` if the configured providers cannot work (a missing key, say)."""
-        for stage in (STT, LLM, TTS):
-            asyncio.run(stage.create(settings).close())
+        """Raises `ConfigurationError` if the configured providers cannot work (a missing key, say).
+
+        Callable with or without a running loop (uvicorn's workers build the app inside theirs)."""
+
+        async def create_and_close() -> None:
+            for stage in (STT, LLM, TTS):
+                await stage.create(settings).close()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="check-providers") as pool:
+            pool.submit(asyncio.run, create_and_close()).result()
 
     @property
     def secrets(self) -> list[str]:

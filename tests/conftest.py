@@ -4,8 +4,12 @@ Helpers live in `tests/support`; the fakes in `tests/fakes`."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
+
+# As main.py does for the server: the tests run models in this process too, and ONNX Runtime must not dial out.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import httpx
 import pytest

@@ -14,7 +14,7 @@ import pytest
 
 from audio_utils import PIPELINE_INPUT_RATE, resample
 from config import Settings
-from local_models import LocalWhisper, whisper_model_path
+from local_models import LocalWhisper, default_cache_dir, whisper_model_path
 from tests.support.audio_fixtures import chunks, pcm24k, silence24k
 from tests.support.realtime_client import RealtimeTestClient, connect
 from tests.support.servers import ROOT, RunningServer, start_server
@@ -27,11 +27,19 @@ def offline_server() -> Iterator[tuple[RunningServer, Path]]:
     """The server as `make run` starts it (no provider settings at all), every outside connection refused."""
     blocked = Path(tempfile.mkdtemp(prefix="offline-")) / "blocked.log"
     blocked.touch()
-    env = {"LLM_TEMPERATURE": "0", "HF_HUB_OFFLINE": "0"}  # nothing may need a hub, even when allowed to try
+    home = blocked.parent / "home"  # a home of its own: what native code (which the guard cannot see) leaves there
+    env = {
+        "LLM_TEMPERATURE": "0",
+        "HF_HUB_OFFLINE": "0",  # nothing may need a hub, even when allowed to try
+        "HOME": str(home),
+        "REALTIME_CACHE_DIR": str(default_cache_dir()),
+    }
     running = start_server(env, launcher=[str(ROOT / "tests" / "support" / "offline_guard.py"), str(blocked)])
     yield running, blocked
     running.stop()
     assert blocked.read_text() == "", f"the server tried to reach the network:\n{blocked.read_text()}"
+    # ONNX Runtime's telemetry (C++, so no audit hook sees its DNS queries) keeps its device id and queue here.
+    assert not (home / ".cache" / "Microsoft").exists(), "ONNX Runtime's telemetry ran"
 
 
 def words(text: str) -> set[str]:

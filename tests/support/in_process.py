@@ -18,8 +18,11 @@ from tests.support.servers import free_port
 
 
 class InProcessServer:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: Settings, clock: Callable[[], float] = time.time, startup_timeout_s: float = 30
+    ) -> None:
         self.port = settings.server_port
+        self.startup_timeout_s = startup_timeout_s
         self.app = create_app(settings, clock=clock)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
@@ -28,7 +31,7 @@ class InProcessServer:
 
     def __enter__(self) -> InProcessServer:
         self.thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.server.started and self.health()["status"] == "healthy":
                 return self
