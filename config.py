@@ -156,6 +156,18 @@ class Settings(BaseSettings):
         300, ge=0, description="Audio of past turns a session keeps for conversation.item.retrieve (the most recent)"
     )
 
+    # --- MCP tools (sessions' `mcp` tools: the server dials the MCP servers clients name) ----------
+    mcp_allowed_hosts: str = Field(
+        "",
+        description="Comma-separated hosts (host or host:port) MCP tools may name; empty: any. A browser client "
+        "could otherwise make the server dial anywhere",
+    )
+    mcp_list_timeout_s: float = Field(10.0, gt=0, description="Connecting to an MCP server and listing its tools")
+    mcp_call_timeout_s: float = Field(30.0, gt=0, description="One MCP tool call")
+    mcp_max_output_bytes: int = Field(
+        65_536, ge=256, description="The most of an MCP tool's output kept for the model and the client (UTF-8)"
+    )
+
     @field_validator("openai_base_url", "ollama_base_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
@@ -168,6 +180,10 @@ class Settings(BaseSettings):
     @property
     def origins(self) -> set[str]:
         return {origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()}
+
+    @property
+    def mcp_hosts(self) -> tuple[str, ...]:
+        return tuple(host.strip().lower() for host in self.mcp_allowed_hosts.split(",") if host.strip())
 
     def secret(self, name: str) -> str | None:
         value = getattr(self, name)

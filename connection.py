@@ -17,19 +17,20 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame
 
+from mcp_client import McpLimits, McpSessions
 from pipeline_manager import PipelineManager
 from protocol import JsonDict, ProtocolError
 from providers.base import Transcript
 from providers.errors import ProviderError, provider_failure
 from realtime_session import RealtimeSession
 from service_providers import Providers
-from session.commands import CancelResponse, ProviderFailure
+from session.commands import CallMcpTool, CancelResponse, ListMcpTools, McpCallError, ProviderFailure
 from transport import Ending, EventChannel, RealtimeInputProcessor, RealtimeOutputProcessor
 from turn_detection import TurnEvent, TurnEventKind
 
@@ -38,6 +39,7 @@ from turn_detection import TurnEvent, TurnEventKind
 class ConnectionLimits:
     max_event_bytes: int = 24 * 1024 * 1024
     lifetime_s: float = 30 * 60
+    mcp: McpLimits = field(default_factory=McpLimits)
 
 
 class ConnectionState(Enum):
@@ -68,6 +70,7 @@ class RealtimeConnection:
         self.pipeline = PipelineManager(
             providers, self, RealtimeInputProcessor(self), RealtimeOutputProcessor(self), session.id
         )
+        self.mcp = McpSessions(self, self.limits.mcp, session.id)
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -92,6 +95,7 @@ class RealtimeConnection:
             for task in (expiry, self._reader):
                 if task is not None:
                     task.cancel()
+            await self.mcp.close()
             await self.pipeline.stop()
             await self.channel.close(self.ending)
             await asyncio.gather(*self._end_tasks, return_exceptions=True)
@@ -156,6 +160,11 @@ class RealtimeConnection:
         for event in self.session.take_events():
             self._send(event)
         for command in self.session.take_commands():
+            if isinstance(command, ListMcpTools | CallMcpTool):
+                await self.mcp.execute(command)
+                continue
+            if isinstance(command, CancelResponse):
+                await self.mcp.execute(command)
             await self.pipeline.execute(command)
 
     def _send(self, event: JsonDict) -> None:
@@ -175,6 +184,14 @@ class RealtimeConnection:
 
     async def on_interruption_done(self) -> None:
         await self.pipeline.on_interruption_done()
+
+    async def on_mcp_tools_listed(self, request_id: str, tools: list[JsonDict] | None, failure: str | None) -> None:
+        self.session.on_mcp_tools_listed(request_id, tools, failure)
+        await self.pump()
+
+    async def on_mcp_call_done(self, request_id: str, output: str | None, error: McpCallError | None) -> None:
+        self.session.on_mcp_call_done(request_id, output, error)
+        await self.pump()
 
     async def on_turn_events(self, events: list[TurnEvent], analysed_ms: float) -> None:
         for event in events:

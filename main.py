@@ -38,6 +38,7 @@ from config import Settings, SettingsError, get_settings
 from connection import ConnectionLimits, RealtimeConnection
 from launch import GracefulStop, Launch, UvicornProbe, startup_exit_code
 from local_models import ModelError
+from mcp_client import McpLimits
 from protocol import ProtocolError, SessionKind, error_event
 from providers.errors import ConfigurationError
 from realtime_session import RealtimeSession
@@ -73,6 +74,7 @@ def session_defaults(settings: Settings) -> SessionDefaults:
         vad_silence_duration_ms=settings.vad_silence_duration_ms,
         lifetime_s=settings.session_max_duration_s,
         max_retained_audio_ms=settings.max_retained_audio_s * 1000,
+        mcp_allowed_hosts=settings.mcp_hosts,
     )
 
 
@@ -103,7 +105,11 @@ class RealtimeServer:
         self.settings = settings
         self.access = AccessControl(settings.api_keys, settings.origins, SecretStore(clock))
         self.defaults = session_defaults(settings)
-        self.limits = ConnectionLimits(settings.max_event_bytes, settings.session_max_duration_s)
+        self.limits = ConnectionLimits(
+            settings.max_event_bytes,
+            settings.session_max_duration_s,
+            McpLimits(settings.mcp_list_timeout_s, settings.mcp_call_timeout_s, settings.mcp_max_output_bytes),
+        )
         self.providers: Providers | None = None
         self.ready = False
         self.shutting_down = False

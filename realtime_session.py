@@ -43,10 +43,11 @@ from protocol import (
     SessionUpdate,
     new_id,
 )
-from session.commands import Command, ProviderFailure, Usage
-from session.configuration import RealtimeConfig, SessionConfig, SessionDefaults, new_session_config
+from session.commands import Command, McpCallError, ProviderFailure, Usage
+from session.configuration import RealtimeConfig, SessionConfig, SessionDefaults, as_wire, new_session_config
 from session.conversation import ROOT, Conversation, SpokenSegment, StoredItem, heard_text
 from session.input_turns import InputTurns
+from session.mcp import McpTools
 from session.outbox import Outbox
 from session.responses import CancelReason, FinishedResponse, ResponseStream
 from wire.parsing import parse_client_event
@@ -76,6 +77,7 @@ class RealtimeSession:
         self._input = InputTurns(
             config.id, config.input, self.conversation, self._outbox, defaults.max_retained_audio_ms
         )
+        self._mcp = McpTools(self.conversation, self._outbox)
         self._responses = ResponseStream(
             config.id,
             self.conversation,
@@ -83,7 +85,10 @@ class RealtimeSession:
             self.conversation_id,
             defaults.llm_max_tokens,
             self._in_band_finished,
+            self._mcp,
+            defaults.mcp_allowed_hosts,
         )
+        self._initial_mcp = initial_update is not None and "tools" in initial_update.patch
         self._answer_when_idle = False  # a turn ended while the in-band response was still running
 
     @property
@@ -128,6 +133,8 @@ class RealtimeSession:
             conversation = {"id": self.conversation_id, "object": "realtime.conversation"}
             self._outbox.emit(ServerEvent.CONVERSATION_CREATED, conversation=conversation)
         self._input.start()
+        if self._initial_mcp:
+            self._list_mcp_servers()
 
     def receive(self, message: str | bytes) -> None:
         """Handles one client WebSocket message. Bad input becomes an `error` event; the session goes on."""
@@ -183,6 +190,13 @@ class RealtimeSession:
         if self.dialect == "beta" and self.kind == "transcription":
             event_type = ServerEvent.TRANSCRIPTION_SESSION_UPDATED
         self._outbox.emit(event_type, session=self.session_object())
+        if "tools" in command.patch:
+            self._list_mcp_servers()
+
+    def _list_mcp_servers(self) -> None:
+        """MCP servers the session's tools name are listed once (`session.mcp`)."""
+        if isinstance(self.config, RealtimeConfig):
+            self._mcp.ensure_listed([as_wire(tool) for tool in self.config.tools])
 
     # ---- conversation items ----------------------------------------------------------------------------------
 
@@ -197,6 +211,8 @@ class RealtimeSession:
     def _item_create(self, command: ItemCreate) -> None:
         item = dict(command.item)
         event_id = command.event_id
+        if item["type"] == "mcp_approval_response":
+            self._mcp.check_approval_response(item, "item", event_id)
         item_id = item.pop("id", None) or new_id("item")
         if item_id in self.conversation or self._responses.has_open_item(item_id):
             raise ProtocolError(
@@ -368,3 +384,14 @@ class RealtimeSession:
 
     def on_response_failed(self, response_id: str, failure: ProviderFailure) -> None:
         self._responses.on_failed(response_id, failure)
+
+    # ---- what the pipeline reports: MCP servers --------------------------------------------------------------
+
+    def on_mcp_tools_listed(self, request_id: str, tools: list[JsonDict] | None, failure: str | None) -> None:
+        """An MCP server's tools (None: listing failed, `failure` says why); responses waiting for them go on."""
+        configs = [as_wire(tool) for tool in self.config.tools] if isinstance(self.config, RealtimeConfig) else []
+        self._mcp.on_listed(request_id, tools, failure, [*configs, *self._responses.mcp_configs()])
+        self._release_responses()
+
+    def on_mcp_call_done(self, request_id: str, output: str | None, error: McpCallError | None) -> None:
+        self._responses.on_mcp_call_done(request_id, output, error)

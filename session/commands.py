@@ -7,6 +7,7 @@ carries them out, and the pipeline's stages report back token usage and provider
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Literal, TypeAlias
 
 from protocol import JsonDict, Modality
@@ -96,7 +97,74 @@ class Transcribe:
     session_id: str  # who asks, as for `RunResponse`
 
 
-Command: TypeAlias = RunResponse | CancelResponse | FeedAudio | ConfigureTurnDetection | ResetTurnDetection | Transcribe
+@dataclass(frozen=True)
+class McpServer:
+    """An MCP server a session's tools name; its credentials never show in a repr (nor in logs)."""
+
+    label: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    authorization: str | None = field(default=None, repr=False)
+
+    def request_headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.authorization is not None:
+            headers["Authorization"] = f"Bearer {self.authorization}"
+        return headers
+
+
+@dataclass
+class ListMcpTools:
+    """Connect to an MCP server (once per session) and list its tools; the result comes back under `request_id`
+    (the `mcp_list_tools` item's id)."""
+
+    request_id: str
+    server: McpServer
+
+
+@dataclass
+class CallMcpTool:
+    """Call one tool of a listed MCP server for a response; the result comes back under `request_id` (the
+    `mcp_call` item's id). `CancelResponse` for the response cancels it."""
+
+    request_id: str
+    response_id: str
+    server: McpServer
+    tool: str
+    arguments: JsonDict
+
+
+McpCommand: TypeAlias = ListMcpTools | CallMcpTool
+Command: TypeAlias = (
+    RunResponse
+    | CancelResponse
+    | FeedAudio
+    | ConfigureTurnDetection
+    | ResetTurnDetection
+    | Transcribe
+    | ListMcpTools
+    | CallMcpTool
+)
+
+
+class McpErrorKind(Enum):
+    """How an MCP call failed, as the API tells the client (`realtime_mcp_*_error.py` in the SDK)."""
+
+    PROTOCOL = "protocol_error"  # a JSON-RPC error, the server unreachable, a timeout (with a JSON-RPC code)
+    TOOL_EXECUTION = "tool_execution_error"  # the tool ran and reported an error
+    HTTP = "http_error"  # the server answered with an HTTP error status
+
+
+@dataclass(frozen=True)
+class McpCallError:
+    kind: McpErrorKind
+    message: str
+    code: int = 0
+
+    def to_wire(self) -> JsonDict:
+        if self.kind is McpErrorKind.TOOL_EXECUTION:
+            return {"type": self.kind.value, "message": self.message}
+        return {"type": self.kind.value, "code": self.code, "message": self.message}
 
 
 @dataclass

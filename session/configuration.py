@@ -29,14 +29,14 @@ from protocol import (
     new_id,
 )
 from wire.beta import to_beta_session, to_beta_transcription_session
-from wire.canonical import check_output_and_tools
+from wire.canonical import check_mcp_hosts, check_output_and_tools
 from wire.models import (
-    FunctionTool,
     GaAudioFormat,
     GaTranscription,
     NoiseReduction,
     PromptReference,
     Reasoning,
+    Tool,
     ToolChoice,
     Tracing,
     Truncation,
@@ -59,6 +59,7 @@ class SessionDefaults:
     max_retained_audio_ms: float
     voice: str = DEFAULT_VOICE
     transcription_model: str = DEFAULT_TRANSCRIPTION_MODEL
+    mcp_allowed_hosts: tuple[str, ...] = ()  # the hosts MCP tools may name; empty: any
 
     def turn_detection(self) -> dict[str, JsonDict]:
         """Each turn detection type's settings when a session (or a `session.update`) does not give them."""
@@ -163,11 +164,19 @@ class SessionConfigBase(_Config):
             )
         patch = update.patch
         check_output_and_tools(patch, "session", event_id)
-        names = [tool["name"] for tool in patch.get("tools") or []]
-        if len(names) != len(set(names)):
-            raise ProtocolError("Tool names must be unique.", param="session.tools", event_id=event_id)
+        check_unique_tools(patch.get("tools") or [], "session.tools", event_id)
+        check_mcp_hosts(patch.get("tools") or [], defaults.mcp_allowed_hosts, "session", event_id)
         merged = merge_session(self.to_ga(), patch, defaults.turn_detection())
         _restore_required(merged, _initial_fields(defaults, self.kind, self.id, None))
+        choice = merged.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "mcp":
+            labels = {tool.get("server_label") for tool in merged.get("tools") or [] if tool.get("type") == "mcp"}
+            if choice["server_label"] not in labels:
+                raise ProtocolError(
+                    f"Tool choice names the MCP server '{choice['server_label']}', which is not one of the tools.",
+                    param="session.tool_choice.server_label",
+                    event_id=event_id,
+                )
         return type(self).model_validate({**merged, **self._carried(update)})
 
     def _carried(self, update: SessionUpdate) -> JsonDict:
@@ -181,7 +190,7 @@ class RealtimeConfig(SessionConfigBase):
     model: str
     output_modalities: list[Modality]
     instructions: str
-    tools: list[FunctionTool]
+    tools: list[Tool]
     tool_choice: ToolChoice
     max_output_tokens: int | Literal["inf"]
     tracing: Tracing | None
@@ -200,7 +209,10 @@ class RealtimeConfig(SessionConfigBase):
         return {"temperature": update.temperature if update.temperature is not None else self.temperature}
 
     def render(self, dialect: Dialect) -> JsonDict:
-        return self.to_ga() if dialect == "ga" else to_beta_session(self.to_ga(), self.temperature)
+        shown = self.to_ga()
+        # MCP credentials are the client's secret: the real API does not echo them either.
+        shown["tools"] = [{k: v for k, v in tool.items() if k not in _SECRET_TOOL_FIELDS} for tool in shown["tools"]]
+        return shown if dialect == "ga" else to_beta_session(shown, self.temperature)
 
 
 class TranscriptionConfig(SessionConfigBase):
@@ -213,6 +225,17 @@ class TranscriptionConfig(SessionConfigBase):
 
 
 SessionConfig: TypeAlias = RealtimeConfig | TranscriptionConfig
+_SECRET_TOOL_FIELDS = frozenset({"headers", "authorization"})
+
+
+def check_unique_tools(tools: list[JsonDict], param: str, event_id: str | None) -> None:
+    """Function names, and MCP server labels, each name one tool."""
+    names = [tool["name"] for tool in tools if tool.get("type") == "function"]
+    if len(names) != len(set(names)):
+        raise ProtocolError("Tool names must be unique.", param=param, event_id=event_id)
+    labels = [tool["server_label"] for tool in tools if tool.get("type") == "mcp"]
+    if len(labels) != len(set(labels)):
+        raise ProtocolError("MCP server labels must be unique.", param=param, event_id=event_id)
 
 
 def new_session_config(

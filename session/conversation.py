@@ -5,6 +5,7 @@ Pure data structures, no I/O: the session core (`realtime_session.py` and its pa
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,11 @@ def chat_units(items: list[JsonDict]) -> list[ChatUnit]:
     the conversation is given to the model as a plain note.
     """
     outputs = {item["call_id"]: item for item in items if item["type"] == "function_call_output"}
+    rejections = {
+        item["approval_request_id"]: item
+        for item in items
+        if item["type"] == "mcp_approval_response" and not item.get("approve")
+    }
     calls = {item["call_id"] for item in items if item["type"] == "function_call"}
     units: list[ChatUnit] = []
     pending: JsonDict | None = None  # the assistant message being built: text and tool calls
@@ -201,6 +207,22 @@ def chat_units(items: list[JsonDict]) -> list[ChatUnit]:
             )
             pending_outputs.append({"role": "tool", "tool_call_id": call_id, "content": outputs[call_id]["output"]})
             pending_ids.extend((item.get("id", ""), outputs[call_id].get("id", "")))
+        elif kind in ("mcp_call", "mcp_approval_request"):
+            answer = _mcp_answer(item, rejections)
+            if answer is None:
+                continue  # not run yet, or waiting for the client's approval: nothing the model can use
+            if pending is None:
+                pending = {"role": "assistant", "content": None}
+            name = mcp_chat_name(item["server_label"], item["name"])
+            pending.setdefault("tool_calls", []).append(
+                {
+                    "id": item["id"],
+                    "type": "function",
+                    "function": {"name": name, "arguments": item["arguments"] or "{}"},
+                }
+            )
+            pending_outputs.append({"role": "tool", "tool_call_id": item["id"], "content": answer})
+            pending_ids.append(item.get("id", ""))
         elif kind == "function_call_output":
             if item["call_id"] in calls:
                 continue  # placed right after its call
@@ -209,6 +231,32 @@ def chat_units(items: list[JsonDict]) -> list[ChatUnit]:
             units.append(ChatUnit((item.get("id", ""),), [note]))
     flush()
     return units
+
+
+def _mcp_answer(item: JsonDict, rejections: dict[str, JsonDict]) -> str | None:
+    """What the model is told an MCP call returned: its output, its error, or the client's refusal."""
+    if item["type"] == "mcp_approval_request":
+        rejection = rejections.get(item["id"])
+        if rejection is None:
+            return None
+        reason = rejection.get("reason")
+        return "Error: the user did not approve this call" + (f": {reason}" if reason else ".")
+    if item.get("output") is not None:
+        return str(item["output"])
+    error = item.get("error")
+    return f"Error: {error.get('message', '')}" if error else None
+
+
+_CHAT_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def mcp_chat_name(server_label: str, tool: str) -> str:
+    """The name the LLM calls an MCP tool by: unique per server label, in the characters chat APIs allow."""
+    name = _CHAT_NAME_UNSAFE.sub("_", f"{server_label}__{tool}")
+    if len(name) <= 64:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:55]}_{digest}"
 
 
 def _user_or_system_content(item: JsonDict) -> str | list[JsonDict]:
@@ -242,6 +290,8 @@ def tools_for_chat(tools: list[JsonDict]) -> list[JsonDict]:
 
 
 def tool_choice_for_chat(choice: str | JsonDict) -> str | JsonDict:
+    if isinstance(choice, dict) and choice.get("type") == "mcp":
+        return choice  # in chat terms once the server's tools are listed (`ResponseStream._mcp_choice`)
     if isinstance(choice, dict):
         return {"type": "function", "function": {"name": choice["name"]}}
     return choice

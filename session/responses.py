@@ -6,11 +6,15 @@ A response's life (`ResponseState`):
   must see what the user said, so the pipeline does not get it yet;
 * `GENERATING`: handed to the pipeline (`RunResponse`), whose reports (`on_text`, `on_audio`, `on_tool_call`, …)
   become output items and deltas;
+* `CALLING_TOOLS`: the LLM called tools of MCP servers, which the server runs itself (`CallMcpTool`); once every
+  call has ended the LLM runs again on their results (`GENERATING`), in the same response;
 * then it ends — `completed`, `incomplete` (token limit, content filter), `cancelled` (by the client, or by the user
   speaking over it) or `failed` (a provider) — with `response.done`, and is forgotten.
 
 A response's output is a sequence of items: at most one assistant message open at a time (its one content part
-streams text, or audio with its transcript) and function calls whose arguments stream. Opening a new item closes the
+streams text, or audio with its transcript), function calls whose arguments stream, MCP calls (their arguments
+stream, then they run and end `completed` or `failed`) and MCP approval requests (a call that waits for the client's
+`mcp_approval_response`; the next response runs it, or tells the model it was refused). Opening a new item closes the
 open ones, and the end of the response closes whatever is still open, so every `*.added` has its `*.done`, in order.
 
 The in-band response (one at a time, `conversation: "auto"`) writes its items into the conversation; out-of-band
@@ -19,6 +23,8 @@ responses (`conversation: "none"`) only report them.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,7 +32,16 @@ from typing import Literal, TypeAlias
 
 from audio_utils import AudioFormat, OutputEncoder, encode_base64
 from protocol import JsonDict, Modality, ProtocolError, ServerEvent, error_event, new_id
-from session.commands import CancelResponse, ProviderFailure, RunResponse, TruncationPolicy, Usage
+from session.commands import (
+    CallMcpTool,
+    CancelResponse,
+    McpCallError,
+    McpErrorKind,
+    ProviderFailure,
+    RunResponse,
+    TruncationPolicy,
+    Usage,
+)
 from session.configuration import RealtimeConfig, as_wire
 from session.conversation import (
     Conversation,
@@ -37,10 +52,13 @@ from session.conversation import (
     tool_choice_for_chat,
     tools_for_chat,
 )
+from session.mcp import McpBinding, McpTools, mcp_tools_of
 from session.outbox import Outbox, snapshot
+from wire.canonical import check_mcp_hosts
 from wire.models import RetentionRatioTruncation
 
 MAX_CONCURRENT_RESPONSES = 8  # keeps one misbehaving client from growing server memory without limit
+MAX_MCP_ROUNDS = 8  # LLM runs of one response that may call MCP tools; the next one may not (no endless loops)
 
 ResponseStatus: TypeAlias = Literal["completed", "incomplete", "cancelled", "failed"]
 CancelReason: TypeAlias = Literal["client_cancelled", "turn_detected"]
@@ -49,6 +67,16 @@ CancelReason: TypeAlias = Literal["client_cancelled", "turn_detected"]
 class ResponseState(Enum):
     HELD = "held"
     GENERATING = "generating"
+    CALLING_TOOLS = "calling_tools"
+
+
+class OutputKind(Enum):
+    """What a tool call the LLM makes becomes: a function call the client runs, an MCP call the server runs, or an
+    MCP approval request the client answers."""
+
+    FUNCTION_CALL = "function_call"
+    MCP_CALL = "mcp_call"
+    MCP_APPROVAL = "mcp_approval_request"
 
 
 @dataclass
@@ -64,6 +92,8 @@ class _OpenCall:
     item: JsonDict
     output_index: int
     arguments: list[str] = field(default_factory=list)
+    kind: OutputKind = OutputKind.FUNCTION_CALL
+    binding: McpBinding | None = None
 
 
 @dataclass
@@ -79,10 +109,17 @@ class _Response:
     run: RunResponse  # what the pipeline gets; its messages are filled in when it is released
     instructions: str
     input_items: list[JsonDict] | None  # explicit `input`, else the conversation at the time it runs
+    tools: list[JsonDict]  # as the client gave them: function tools and MCP servers
     state: ResponseState = ResponseState.HELD
     output: list[JsonDict] = field(default_factory=list)
     message: _OpenMessage | None = None
     calls: dict[int, _OpenCall] = field(default_factory=dict)
+    mcp: dict[str, McpBinding] = field(default_factory=dict)  # chat tool name → MCP tool, once released
+    mcp_running: dict[str, _OpenCall] = field(default_factory=dict)  # MCP calls the pipeline is running, by item id
+    mcp_ran: bool = False  # this LLM run called MCP tools: once they end, the LLM runs again
+    llm_running: bool = False
+    rounds: int = 0
+    usage: Usage | None = None
 
     def part_ids(self, message: _OpenMessage) -> JsonDict:
         return {
@@ -110,6 +147,8 @@ class ResponseStream:
         conversation_id: str,
         llm_max_tokens: int,
         on_in_band_finished: Callable[[FinishedResponse], None],
+        mcp: McpTools,
+        mcp_allowed_hosts: tuple[str, ...] = (),
     ) -> None:
         self._session_id = session_id
         self._conversation = conversation
@@ -117,6 +156,8 @@ class ResponseStream:
         self._conversation_id = conversation_id
         self._llm_max_tokens = llm_max_tokens
         self._on_in_band_finished = on_in_band_finished
+        self._mcp = mcp
+        self._mcp_allowed_hosts = mcp_allowed_hosts
         self._responses: dict[str, _Response] = {}
 
     @property
@@ -127,8 +168,16 @@ class ResponseStream:
     def in_band_id(self) -> str | None:
         return next((response.id for response in self._responses.values() if response.in_band), None)
 
+    def mcp_configs(self) -> list[JsonDict]:
+        """The MCP tools the responses in progress were given."""
+        return [tool for response in self._responses.values() for tool in mcp_tools_of(response.tools)]
+
     def has_open_item(self, item_id: str) -> bool:
-        return any(r.message is not None and r.message.stored.id == item_id for r in self._responses.values())
+        return any(
+            (r.message is not None and r.message.stored.id == item_id)
+            or any(call.item["id"] == item_id for call in [*r.calls.values(), *r.mcp_running.values()])
+            for r in self._responses.values()
+        )
 
     # ---- creating and cancelling -----------------------------------------------------------------------------
 
@@ -156,11 +205,22 @@ class ResponseStream:
                 event_id=event_id,
             )
         tools = params["tools"] if "tools" in params else [as_wire(tool) for tool in config.tools]
+        if "tools" in params:
+            check_mcp_hosts(tools, self._mcp_allowed_hosts, "response", event_id)
         tool_choice = params.get("tool_choice", as_wire(config.tool_choice))
-        if isinstance(tool_choice, dict) and tool_choice["name"] not in {tool["name"] for tool in tools}:
+        if isinstance(tool_choice, dict) and tool_choice["type"] == "function":
+            if tool_choice["name"] not in {tool.get("name") for tool in tools if tool["type"] == "function"}:
+                raise ProtocolError(
+                    f"Tool choice '{tool_choice['name']}' does not name one of the tools.",
+                    param="response.tool_choice.name",
+                    event_id=event_id,
+                )
+        elif isinstance(tool_choice, dict) and tool_choice["server_label"] not in {
+            tool["server_label"] for tool in mcp_tools_of(tools)
+        }:
             raise ProtocolError(
-                f"Tool choice '{tool_choice['name']}' does not name one of the tools.",
-                param="response.tool_choice.name",
+                f"Tool choice names the MCP server '{tool_choice['server_label']}', which is not one of the tools.",
+                param="response.tool_choice.server_label",
                 event_id=event_id,
             )
         input_items = self._resolve_input(params["input"], event_id) if "input" in params else None
@@ -174,7 +234,7 @@ class ResponseStream:
             response_id=new_id("resp"),
             system=[],
             units=[],
-            tools=tools_for_chat(tools),
+            tools=tools_for_chat([tool for tool in tools if tool["type"] == "function"]),
             tool_choice=tool_choice_for_chat(tool_choice),
             max_tokens=self._llm_max_tokens if max_output_tokens == "inf" else int(max_output_tokens),
             temperature=temperature if temperature is not None else config.temperature,
@@ -197,7 +257,10 @@ class ResponseStream:
             run=run,
             instructions=params.get("instructions", config.instructions),
             input_items=input_items,
+            tools=tools,
         )
+        if "tools" in params:
+            self._mcp.ensure_listed(tools)  # a response's own MCP servers are listed as a session's are
         self._responses[response.id] = response
         self._outbox.emit(ServerEvent.RESPONSE_CREATED, response=self._response_object(response, None, None))
         return response.id
@@ -209,15 +272,59 @@ class ResponseStream:
             if response.state is not ResponseState.HELD:
                 continue
             items = response.input_items if response.input_items is not None else self._conversation.items()
-            if any(is_transcribing(item.get("id")) for item in items):
+            if any(is_transcribing(item.get("id")) for item in items) or self._mcp.is_listing(response.tools):
                 continue
-            response.state = ResponseState.GENERATING
             response.run.system = (
                 [{"role": "system", "content": response.instructions}] if response.instructions else []
             )
-            response.run.units = chat_units(items)
-            response.run.has_images = any(has_image(item) for item in items if item["type"] == "message")
-            self._outbox.command(response.run)
+            mcp_chat, response.mcp = self._mcp.chat_tools(response.tools)
+            response.run.tools = [*response.run.tools, *mcp_chat]
+            response.run.tool_choice = self._mcp_choice(response.run.tool_choice, response.mcp)
+            if response.in_band and self._run_approved(response):
+                continue  # the approved MCP calls run first; the LLM runs on their results
+            self._generate(response)
+
+    def _generate(self, response: _Response) -> None:
+        """Hands the response to the pipeline: the LLM runs on the conversation as it is now."""
+        items = response.input_items if response.input_items is not None else self._conversation.items()
+        if response.input_items is not None:
+            items = [*items, *response.output]  # an out-of-band response sees its own MCP calls
+        response.state = ResponseState.GENERATING
+        response.llm_running = True
+        response.mcp_ran = False
+        run = response.run
+        if response.rounds:
+            # A forced tool call was made already; and past the last round no more MCP calls are offered.
+            choice: str | JsonDict = "auto" if response.rounds < MAX_MCP_ROUNDS else "none"
+            run = response.run = dataclasses.replace(run, tool_choice=choice)
+        run.units = chat_units(items)
+        run.has_images = any(has_image(item) for item in items if item["type"] == "message")
+        self._outbox.command(run)
+
+    @staticmethod
+    def _mcp_choice(choice: str | JsonDict, bindings: dict[str, McpBinding]) -> str | JsonDict:
+        """A `tool_choice` of type `mcp` in chat terms: its one tool, or any tool (of that server, by the model's
+        choice among those offered)."""
+        if not isinstance(choice, dict) or choice.get("type") != "mcp":
+            return choice
+        for name, binding in bindings.items():
+            if binding.server.label == choice["server_label"] and binding.tool == choice.get("name"):
+                return {"type": "function", "function": {"name": name}}
+        return "required" if any(b.server.label == choice["server_label"] for b in bindings.values()) else "auto"
+
+    def _run_approved(self, response: _Response) -> bool:
+        """Starts the MCP calls the client approved since the last response; False if there are none."""
+        approved = self._mcp.take_approved()
+        for approval_id, binding, arguments in approved:
+            call = self._open_mcp_call(response, binding, approval_request_id=approval_id)
+            call.arguments.append(arguments)
+            self._emit_mcp_arguments(response, call, arguments)
+            self._close_call(response, call, "completed")  # its arguments are done: it runs
+        if not approved:
+            return False
+        response.state = ResponseState.CALLING_TOOLS
+        self._continue_if_idle(response)
+        return True
 
     def _resolve_input(self, entries: list[JsonDict], event_id: str | None) -> list[JsonDict]:
         items = []
@@ -330,14 +437,29 @@ class ResponseStream:
         if call is None:
             self._close_message(response, "completed")
             self._close_calls(response, "completed")
-            item = _new_item("function_call", name=name or "", call_id=call_id or new_id("call"), arguments="")
-            call = _OpenCall(item=item, output_index=len(response.output))
+            binding = response.mcp.get(name or "")
+            if binding is not None and binding.approval:
+                item = _new_mcp_item(
+                    "mcp_approval_request", server_label=binding.server.label, name=binding.tool, arguments=""
+                )
+                call = _OpenCall(item, len(response.output), kind=OutputKind.MCP_APPROVAL, binding=binding)
+                response.output.append(item)
+                self._item_started(response, item, call.output_index)
+            elif binding is not None:
+                call = self._open_mcp_call(response, binding)
+            else:
+                item = _new_item("function_call", name=name or "", call_id=call_id or new_id("call"), arguments="")
+                call = _OpenCall(item=item, output_index=len(response.output))
+                response.output.append(item)
+                self._item_started(response, item, call.output_index)
             response.calls[index] = call
-            response.output.append(item)
-            self._item_started(response, item, call.output_index)
-        elif name and not call.item["name"]:
+        elif name and call.kind is OutputKind.FUNCTION_CALL and not call.item["name"]:
             call.item["name"] = name
-        if arguments:
+        if arguments and call.kind is not OutputKind.FUNCTION_CALL:
+            call.arguments.append(arguments)
+            if call.kind is OutputKind.MCP_CALL:
+                self._emit_mcp_arguments(response, call, arguments)
+        elif arguments:
             call.arguments.append(arguments)
             self._outbox.emit(
                 ServerEvent.RESPONSE_FUNCTION_CALL_ARGUMENTS_DELTA,
@@ -349,24 +471,49 @@ class ResponseStream:
             )
 
     def on_done(self, response_id: str, usage: Usage | None, finish_reason: str | None) -> None:
-        """The pipeline finished the response (all text, audio and tool calls delivered)."""
+        """The pipeline finished the LLM's run (all text, audio and tool calls delivered): the response ends, or
+        goes on once the MCP calls it made have ended."""
         response = self._responses.get(response_id)
-        if response is None:
-            return
+        if response is None or response.state is ResponseState.CALLING_TOOLS:
+            return  # not the LLM's: its MCP calls are running
+        response.llm_running = False
+        response.usage = _added(response.usage, usage)
         if response.message is not None:
             self._send_audio(response, response.message, response.encoder.flush())
         if finish_reason == "length":
-            self._finish(response, "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}, usage)
+            self._finish(response, "incomplete", {"type": "incomplete", "reason": "max_output_tokens"})
         elif finish_reason == "content_filter":
-            self._finish(response, "incomplete", {"type": "incomplete", "reason": "content_filter"}, usage)
+            self._finish(response, "incomplete", {"type": "incomplete", "reason": "content_filter"})
         else:
-            self._finish(response, "completed", None, usage)
+            self._close_message(response, "completed")
+            self._close_calls(response, "completed")  # MCP calls whose arguments are complete start here
+            if response.mcp_ran:
+                response.state = ResponseState.CALLING_TOOLS
+                self._continue_if_idle(response)
+            else:
+                self._finish(response, "completed", None)
+
+    def on_mcp_call_done(self, item_id: str, output: str | None, error: McpCallError | None) -> None:
+        """The pipeline ran an MCP call: its item ends `completed` (with the output) or `failed` (with the error)."""
+        response = next((r for r in self._responses.values() if item_id in r.mcp_running), None)
+        if response is None:
+            return
+        call = response.mcp_running.pop(item_id)
+        self._end_mcp_call(response, call, output, error)
+        self._continue_if_idle(response)
+
+    def _continue_if_idle(self, response: _Response) -> None:
+        """Once the LLM's run is over and its MCP calls have all ended, the LLM runs again on their results."""
+        if response.state is ResponseState.CALLING_TOOLS and not response.llm_running and not response.mcp_running:
+            response.rounds += 1
+            self._generate(response)
 
     def on_failed(self, response_id: str, failure: ProviderFailure) -> None:
         """A provider failed while generating the response: an `error` event, then a failed `response.done`."""
         response = self._responses.get(response_id)
         if response is None:
             return
+        response.llm_running = False
         self._outbox.emit_event(error_event(failure.error_type, failure.code, failure.message))
         error = {"type": failure.error_type, "code": failure.code, "message": failure.message}
         self._finish(response, "failed", {"type": "failed", "error": error})
@@ -442,6 +589,26 @@ class ResponseStream:
             self._close_call(response, call, status)
 
     def _close_call(self, response: _Response, call: _OpenCall, status: str) -> None:
+        if call.kind is OutputKind.MCP_CALL:
+            call.item["arguments"] = "".join(call.arguments)
+            self._outbox.emit(
+                ServerEvent.RESPONSE_MCP_CALL_ARGUMENTS_DONE,
+                response_id=response.id,
+                item_id=call.item["id"],
+                output_index=call.output_index,
+                arguments=call.item["arguments"],
+            )
+            if status == "completed":
+                self._start_mcp_call(response, call)
+            else:
+                self._end_mcp_call(response, call, None, _NOT_RUN)
+            return
+        if call.kind is OutputKind.MCP_APPROVAL:
+            call.item["arguments"] = "".join(call.arguments)
+            if call.binding is not None and status == "completed":
+                self._mcp.request_approval(call.item["id"], call.binding, call.item["arguments"])
+            self._item_finished(response, call.item, call.output_index)
+            return
         item = call.item
         item["arguments"] = "".join(call.arguments)
         item["status"] = status
@@ -456,6 +623,65 @@ class ResponseStream:
         )
         self._item_finished(response, item, call.output_index)
 
+    # ---- MCP calls -------------------------------------------------------------------------------------------
+
+    def _open_mcp_call(
+        self, response: _Response, binding: McpBinding, approval_request_id: str | None = None
+    ) -> _OpenCall:
+        item = _new_mcp_item(
+            "mcp_call",
+            server_label=binding.server.label,
+            name=binding.tool,
+            arguments="",
+            approval_request_id=approval_request_id,
+            output=None,
+            error=None,
+        )
+        call = _OpenCall(item, len(response.output), kind=OutputKind.MCP_CALL, binding=binding)
+        response.output.append(item)
+        self._item_started(response, item, call.output_index)
+        return call
+
+    def _emit_mcp_arguments(self, response: _Response, call: _OpenCall, delta: str) -> None:
+        self._outbox.emit(
+            ServerEvent.RESPONSE_MCP_CALL_ARGUMENTS_DELTA,
+            response_id=response.id,
+            item_id=call.item["id"],
+            output_index=call.output_index,
+            delta=delta,
+        )
+
+    def _start_mcp_call(self, response: _Response, call: _OpenCall) -> None:
+        """The call's arguments are complete: the pipeline runs it (unless they are not a JSON object)."""
+        item, binding = call.item, call.binding
+        item["arguments"] = "".join(call.arguments)
+        assert binding is not None
+        response.mcp_ran = True
+        self._outbox.emit(ServerEvent.RESPONSE_MCP_CALL_IN_PROGRESS, item_id=item["id"], output_index=call.output_index)
+        try:
+            arguments = json.loads(item["arguments"] or "{}")
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            error = McpCallError(McpErrorKind.TOOL_EXECUTION, "The model's arguments are not a JSON object.")
+            self._end_mcp_call(response, call, None, error)
+            return
+        response.mcp_running[item["id"]] = call
+        self._outbox.command(CallMcpTool(item["id"], response.id, binding.server, binding.tool, arguments))
+
+    def _end_mcp_call(
+        self, response: _Response, call: _OpenCall, output: str | None, error: McpCallError | None
+    ) -> None:
+        item = call.item
+        ids = {"item_id": item["id"], "output_index": call.output_index}
+        if error is None:
+            item["output"] = output or ""
+            self._outbox.emit(ServerEvent.RESPONSE_MCP_CALL_COMPLETED, **ids)
+        else:
+            item["error"] = error.to_wire()
+            self._outbox.emit(ServerEvent.RESPONSE_MCP_CALL_FAILED, **ids)
+        self._item_finished(response, item, call.output_index)
+
     # ---- the end ---------------------------------------------------------------------------------------------
 
     def _finish(
@@ -464,8 +690,13 @@ class ResponseStream:
         item_status = "completed" if status == "completed" else "incomplete"
         self._close_message(response, item_status)
         self._close_calls(response, item_status)
+        running, response.mcp_running = response.mcp_running, {}
+        if running and status != "cancelled":  # `cancel` has told the pipeline already
+            self._outbox.command(CancelResponse(response.id))
+        for call in running.values():
+            self._end_mcp_call(response, call, None, _CANCELLED)
         del self._responses[response.id]
-        done = self._response_object(response, status, details, usage)
+        done = self._response_object(response, status, details, _added(response.usage, usage))
         self._outbox.emit(ServerEvent.RESPONSE_DONE, response=done)
         if response.in_band:
             audio_ms = sum(
@@ -496,6 +727,27 @@ class ResponseStream:
 def _new_item(item_type: str, **fields: object) -> JsonDict:
     """An output item as it opens (`in_progress`)."""
     return {"id": new_id("item"), "type": item_type, "object": "realtime.item", "status": "in_progress", **fields}
+
+
+def _new_mcp_item(item_type: str, **fields: object) -> JsonDict:
+    """An MCP output item as it opens: MCP items have no `status` (their events tell how they are doing)."""
+    return {"id": new_id("item"), "type": item_type, **fields}
+
+
+_NOT_RUN = McpCallError(McpErrorKind.TOOL_EXECUTION, "The response ended before the call could run.")
+_CANCELLED = McpCallError(McpErrorKind.TOOL_EXECUTION, "The call was cancelled with its response.")
+
+
+def _added(total: Usage | None, usage: Usage | None) -> Usage | None:
+    """Token usage over the LLM runs of one response."""
+    if total is None or usage is None:
+        return usage or total
+    return Usage(
+        total.input_tokens + usage.input_tokens,
+        total.output_tokens + usage.output_tokens,
+        total.cached_tokens + usage.cached_tokens,
+        total.image_tokens + usage.image_tokens,
+    )
 
 
 def truncation_policy(truncation: Literal["auto", "disabled"] | RetentionRatioTruncation) -> TruncationPolicy:

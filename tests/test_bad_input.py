@@ -118,9 +118,9 @@ GA_CASES = [
     ),
     (
         '{"type": "response.create", "event_id": "evt_x", "response": {"tools": [{"type": "mcp", '
-        '"server_label": "x"}]}}',
+        '"server_label": "x", "connector_id": "connector_gmail"}]}}',
         "unsupported_tool",
-        "response.tools[0].type",
+        "response.tools[0].connector_id",
     ),
     ('{"type": "input_audio_buffer.append", "event_id": "evt_x", "audio": "@@not base64@@"}', "invalid_value", "audio"),
     ('{"type": "input_audio_buffer.append", "event_id": "evt_x"}', "missing_required_parameter", "audio"),

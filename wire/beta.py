@@ -86,6 +86,15 @@ def _beta_audio_input_patch(session: JsonDict) -> JsonDict:
 
 def _beta_common(given: JsonDict, scope: str, event_id: str | None, names: Mapping[str, str]) -> JsonDict:
     """What a beta session and a beta response share: renamed fields, modalities and the tool choice."""
+    for index, tool in enumerate(given.get("tools") or []):
+        if tool.get("type") == "mcp":
+            raise ProtocolError(
+                "MCP tools are not available in the beta dialect (it has no MCP items or events): connect with the "
+                "GA dialect to use them.",
+                code="unsupported_tool",
+                param=f"{scope}.tools[{index}].type",
+                event_id=event_id,
+            )
     patch = _renamed(given, names, _CONVERSIONS)
     if "modalities" in given:
         patch["output_modalities"] = _beta_modalities(given["modalities"], f"{scope}.modalities", event_id)

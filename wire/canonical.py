@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -54,20 +56,65 @@ def check_modalities(modalities: list[str], param: str, event_id: str | None) ->
 
 
 def check_tool(tool: JsonDict, param: str, event_id: str | None) -> None:
-    if tool.get("type") == "mcp":
+    if tool.get("type") != "mcp":
+        return
+    for hosted in ("connector_id", "tunnel_id"):
+        if tool.get(hosted) is not None:
+            raise ProtocolError(
+                f"'{hosted}' names a connector hosted by OpenAI, which this server cannot reach: give the MCP "
+                "server's own 'server_url' instead.",
+                code="unsupported_tool",
+                param=f"{param}.{hosted}",
+                event_id=event_id,
+            )
+    url = tool.get("server_url")
+    if url is None:
         raise ProtocolError(
-            "MCP tools are not supported by this server: declare function tools and run them in the client.",
-            code="unsupported_tool",
-            param=f"{param}.type",
+            f"Missing required parameter: '{param}.server_url'.",
+            code="missing_required_parameter",
+            param=f"{param}.server_url",
+            event_id=event_id,
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProtocolError(
+            f"Invalid 'server_url': '{clip(url)}'. Expected an http:// or https:// URL.",
+            param=f"{param}.server_url",
+            event_id=event_id,
+        )
+    if not _SERVER_LABEL.fullmatch(tool["server_label"]):
+        raise ProtocolError(
+            f"Invalid 'server_label': '{clip(tool['server_label'])}'. Use letters, digits, '_' and '-', starting "
+            "with a letter.",
+            param=f"{param}.server_label",
             event_id=event_id,
         )
 
 
 def check_tool_choice(choice: Any, param: str, event_id: str | None) -> None:
-    if isinstance(choice, dict) and choice.get("type") == "mcp":
-        raise ProtocolError(
-            "MCP tools are not supported by this server.", code="unsupported_tool", param=param, event_id=event_id
-        )
+    """Whether a named tool exists is checked where the tools are known (`session.responses`)."""
+
+
+_SERVER_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def check_mcp_hosts(tools: list[JsonDict], allowed_hosts: tuple[str, ...], scope: str, event_id: str | None) -> None:
+    """Refuses an MCP server outside the allow-list (`MCP_ALLOWED_HOSTS`; empty: any host)."""
+    if not allowed_hosts:
+        return
+    for index, tool in enumerate(tools):
+        if tool.get("type") != "mcp":
+            continue
+        parts = urlsplit(tool["server_url"])
+        host = (parts.hostname or "").lower()
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if host not in allowed_hosts and f"{host}:{port}" not in allowed_hosts:
+            raise ProtocolError(
+                f"The MCP server host '{host}' is not allowed on this server (MCP_ALLOWED_HOSTS).",
+                code="mcp_host_not_allowed",
+                param=f"{scope}.tools[{index}].server_url",
+                event_id=event_id,
+            )
 
 
 _ROLE_CONTENT_TYPES = {
@@ -80,6 +127,13 @@ _ROLE_CONTENT_TYPES = {
 def canonical_item(item: JsonDict, param: str, event_id: str | None) -> JsonDict:
     """Checks a client-created item and returns it in canonical (GA) form, without server-assigned fields."""
     item_type = item.get("type")
+    if item_type == "mcp_approval_response":
+        result = {"type": item_type, "approval_request_id": item["approval_request_id"], "approve": item["approve"]}
+        if item.get("id") is not None:
+            result["id"] = item["id"]
+        if item.get("reason") is not None:
+            result["reason"] = item["reason"]
+        return result
     if item_type is not None and item_type.startswith("mcp_"):
         raise ProtocolError(
             f"Items of type '{item_type}' are not supported by this server.",

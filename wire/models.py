@@ -18,7 +18,7 @@ class _Wire(BaseModel):
 
 
 class _LooseWire(BaseModel):
-    """Shapes we recognise only to reject with a clear message (MCP tools and items)."""
+    """Shapes we recognise only to reject with a clear message (MCP items only the server makes, MCP on beta)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -121,8 +121,45 @@ class FunctionTool(_Wire):
     parameters: dict[str, Any] | None = None
 
 
-class McpTool(_LooseWire):
+class McpToolFilter(_Wire):
+    """Which of an MCP server's tools a rule applies to: by name, and/or by the server's `readOnlyHint`."""
+
+    tool_names: list[str] | None = None
+    read_only: bool | None = None
+
+
+class McpApprovalFilter(_Wire):
+    always: McpToolFilter | None = None
+    never: McpToolFilter | None = None
+
+
+McpConnector = Literal[
+    "connector_dropbox",
+    "connector_gmail",
+    "connector_googlecalendar",
+    "connector_googledrive",
+    "connector_microsoftteams",
+    "connector_outlookcalendar",
+    "connector_outlookemail",
+    "connector_sharepoint",
+]
+
+
+class McpTool(_Wire):
+    """A remote MCP server's tools (the SDK's `RealtimeToolsConfigUnion` MCP variant); the server dials it."""
+
     type: Literal["mcp"]
+    server_label: Annotated[str, Field(min_length=1, max_length=64)]
+    server_url: str | None = None
+    server_description: str | None = None
+    headers: dict[str, str] | None = None
+    authorization: str | None = None
+    allowed_tools: list[str] | McpToolFilter | None = None
+    require_approval: Literal["always", "never"] | McpApprovalFilter | None = None
+    connector_id: McpConnector | None = None
+    tunnel_id: str | None = None
+    allowed_callers: list[Literal["direct", "programmatic"]] | None = None
+    defer_loading: bool | None = None
 
 
 Tool = Annotated[FunctionTool | McpTool, Field(discriminator="type")]
@@ -133,8 +170,10 @@ class ToolChoiceFunction(_Wire):
     name: str
 
 
-class ToolChoiceMcp(_LooseWire):
+class ToolChoiceMcp(_Wire):
     type: Literal["mcp"]
+    server_label: str
+    name: str | None = None
 
 
 ToolChoiceObject = Annotated[ToolChoiceFunction | ToolChoiceMcp, Field(discriminator="type")]
@@ -254,7 +293,16 @@ class FunctionCallOutputItem(_ItemEnvelope):
 
 
 class McpItem(_LooseWire):
-    type: Literal["mcp_call", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response"]
+    type: Literal["mcp_call", "mcp_list_tools", "mcp_approval_request"]
+
+
+class McpApprovalResponseItem(_ItemEnvelope):
+    """The client's answer to an `mcp_approval_request` item."""
+
+    type: Literal["mcp_approval_response"]
+    approval_request_id: str
+    approve: bool
+    reason: str | None = None
 
 
 class ItemReference(_Wire):
@@ -262,9 +310,13 @@ class ItemReference(_Wire):
     id: str
 
 
-GaItem = Annotated[MessageItem | FunctionCallItem | FunctionCallOutputItem | McpItem, Field(discriminator="type")]
+GaItem = Annotated[
+    MessageItem | FunctionCallItem | FunctionCallOutputItem | McpApprovalResponseItem | McpItem,
+    Field(discriminator="type"),
+]
 GaInputItem = Annotated[
-    MessageItem | FunctionCallItem | FunctionCallOutputItem | McpItem | ItemReference, Field(discriminator="type")
+    MessageItem | FunctionCallItem | FunctionCallOutputItem | McpApprovalResponseItem | McpItem | ItemReference,
+    Field(discriminator="type"),
 ]
 
 
@@ -285,6 +337,15 @@ class GaResponseParams(_GaGeneration):
 
 
 # ---- beta ---------------------------------------------------------------------------------------------------
+
+
+class BetaMcpTool(_LooseWire):
+    """The beta dialect has no MCP: recognised only to be refused with a clear message."""
+
+    type: Literal["mcp"]
+
+
+BetaTool = Annotated[FunctionTool | BetaMcpTool, Field(discriminator="type")]
 
 BetaAudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]
 
@@ -322,7 +383,7 @@ class _BetaGeneration(_Wire):
     modalities: list[Modality] | None = None
     voice: str | None = None
     output_audio_format: BetaAudioFormat | None = None
-    tools: list[FunctionTool] | None = None
+    tools: list[BetaTool] | None = None
     tool_choice: str | None = None
     temperature: Annotated[float, Field(ge=0.6, le=1.2)] | None = None
     max_response_output_tokens: OutputTokens | None = None

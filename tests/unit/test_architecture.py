@@ -28,6 +28,9 @@ NOT_IN_CORE = (
     "service_providers",
     "providers",
     "main",
+    "mcp",
+    "mcp_types",
+    "mcp_client",
 )
 
 

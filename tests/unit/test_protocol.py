@@ -86,7 +86,8 @@ def _client_event_samples(union: Any) -> list[dict[str, Any]]:
 def test_every_sdk_field_is_known(dialect: Literal["ga", "beta"], union: Any) -> None:
     """Every field of every client event the SDK can build parses: none is unknown or of a refused type.
 
-    The only refusals are deliberate: MCP tools and items (this server runs no MCP), assistant audio created by
+    The only refusals are deliberate: MCP connectors hosted by OpenAI, MCP items only the server makes (calls,
+    listings, approval requests), assistant audio created by
     the client (the real API refuses it too) and content types that don't belong to the message's role."""
     samples = _client_event_samples(union)
     assert len(samples) > 80
