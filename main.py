@@ -39,6 +39,7 @@ from connection import ConnectionLimits, RealtimeConnection
 from launch import GracefulStop, Launch, UvicornProbe, startup_exit_code
 from local_models import ModelError
 from mcp_client import McpLimits
+from process_memory import AllocatorTrim
 from protocol import ProtocolError, SessionKind, error_event
 from providers.errors import ConfigurationError
 from realtime_session import RealtimeSession
@@ -116,6 +117,7 @@ class RealtimeServer:
         self.loading_since = time.monotonic()
         self.connections: set[RealtimeConnection] = set()
         self.launch = Launch(None)
+        self.allocator = AllocatorTrim()
         self._on_fatal = on_fatal
 
     def launched(self, launch: Launch) -> None:
@@ -147,6 +149,7 @@ class RealtimeServer:
         await self.shut_down_sessions()
         for connection in list(self.connections):
             await connection.pipeline.stop()
+        await self.allocator.close()
         await self.providers.close()
 
     async def _load_models(self, providers: Providers) -> None:
@@ -222,6 +225,7 @@ class RealtimeServer:
             await connection.run()
         finally:
             self.connections.discard(connection)
+            self.allocator.session_closed(open_sessions=len(self.connections))
 
     async def mint_secret(self, request: Request, endpoint: SecretEndpoint) -> JSONResponse:
         """Ephemeral client secrets, as the real API mints them for browsers (see `client_secrets.py`)."""
