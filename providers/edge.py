@@ -13,6 +13,7 @@ from pipecat.services.tts_service import TTSService
 
 from config import Settings
 from providers.errors import ProviderError, ProviderStatusError, ProviderTimeout, ProviderUnavailable
+from providers.languages import language_code, text_language
 from providers.tts import OUTPUT_RATE, SpeedVoiceProvider, StreamingTTS
 
 _EDGE_VOICE = re.compile(r"[a-z]{2,}-[A-Z]{2,}-.+Neural|Microsoft Server Speech Text to Speech Voice \(.+\)")
@@ -60,12 +61,29 @@ def _edge_rate(speed: float) -> str:
     return f"{round((speed - 1.0) * 100):+d}%"
 
 
-class EdgeTTS(StreamingTTS):
-    """Edge's online voices through `edge_tts.Communicate`: its MP3 stream is decoded as it arrives."""
+def voice_language(voice: str) -> str | None:
+    """ "zh-CN-XiaoxiaoNeural" → "zh"; the long form "Microsoft Server Speech … (zh-CN, XiaoxiaoNeural)" too."""
+    if voice.endswith(")") and "(" in voice:
+        voice = voice[voice.rindex("(") + 1 :]
+    return language_code(voice)
 
-    def __init__(self, *, timeout_s: float, **kwargs: Any) -> None:
+
+class EdgeTTS(StreamingTTS):
+    """Edge's online voices through `edge_tts.Communicate`: its MP3 stream is decoded as it arrives.
+
+    A sentence in a language the session's voice does not speak is read by a voice of that language (Chinese:
+    EDGE_TTS_ZH_VOICE), so that a zh-CN voice reads Chinese whatever voice the session chose."""
+
+    def __init__(self, *, timeout_s: float, language_voices: dict[str, str], **kwargs: Any) -> None:
         super().__init__(timeout_s=timeout_s, **kwargs)
         self._edge_timeout_s = max(1, math.ceil(timeout_s))  # edge-tts takes whole seconds
+        self._edge_language_voices = language_voices
+
+    def voice_for_text(self, text: str) -> str:
+        language = text_language(text)
+        if language is None or voice_language(self.voice) == language:
+            return self.voice
+        return self._edge_language_voices.get(language, self.voice)
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         import aiohttp
@@ -74,7 +92,11 @@ class EdgeTTS(StreamingTTS):
 
         timeout = self._edge_timeout_s
         communicate = edge_tts.Communicate(
-            text, self.voice, rate=_edge_rate(self.speed), connect_timeout=timeout, receive_timeout=timeout
+            text,
+            self.voice_for_text(text),
+            rate=_edge_rate(self.speed),
+            connect_timeout=timeout,
+            receive_timeout=timeout,
         )
         decoder = Mp3Decoder()
         try:
@@ -107,11 +129,12 @@ class EdgeTtsProvider(SpeedVoiceProvider):
     name = "edge_tts"
     timeout_s: float
 
-    def __init__(self, voice: str, url: str | None, timeout_s: float) -> None:
+    def __init__(self, voice: str, url: str | None, timeout_s: float, zh_voice: str = "zh-CN-XiaoxiaoNeural") -> None:
         import edge_tts
 
         self.secrets: list[str] = []
         self.default_voice = voice
+        self.language_voices = {"zh": zh_voice}
         self.timeout_s = timeout_s
         if url:
             # edge-tts reads its endpoint from this module global (there is no parameter for it); it appends
@@ -121,7 +144,7 @@ class EdgeTtsProvider(SpeedVoiceProvider):
 
     def create(self, session_id: str) -> TTSService:
         # The read-aloud service takes no headers of ours: its requests carry no correlation id.
-        return EdgeTTS(**self.service_options(session_id))
+        return EdgeTTS(language_voices=self.language_voices, **self.service_options(session_id))
 
     def voice_for(self, requested: str) -> str:
         """A full Edge voice name (en-US-AriaNeural) passes through; OpenAI's voice names get EDGE_TTS_VOICE."""
@@ -129,4 +152,6 @@ class EdgeTtsProvider(SpeedVoiceProvider):
 
 
 def create_tts(settings: Settings) -> EdgeTtsProvider:
-    return EdgeTtsProvider(settings.edge_tts_voice, settings.edge_tts_url, settings.tts_timeout_s)
+    return EdgeTtsProvider(
+        settings.edge_tts_voice, settings.edge_tts_url, settings.tts_timeout_s, settings.edge_tts_zh_voice
+    )

@@ -21,6 +21,9 @@ import re
 
 from session.commands import ProviderFailure
 
+# The `error` event's code when a reply's language has no voice (documented in the README's errors section).
+VOICE_LANGUAGE_UNAVAILABLE = "tts_language_unsupported"
+
 
 class ConfigurationError(RuntimeError):
     """The configuration cannot work (a provider without its key, an unknown provider): the server won't start."""
@@ -45,6 +48,11 @@ class ProviderTimeout(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     """The provider could not be reached, or dropped the connection before the end of its answer."""
+
+
+class VoiceLanguageUnavailable(ProviderError):
+    """No configured voice speaks the language of a reply: the reply goes on as text and transcript, without audio,
+    and the client is told once per response (not a failure of the response)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -106,6 +114,8 @@ def provider_failure(stage: str, provider: str, exc: BaseException, secrets: lis
         return ProviderFailure(
             "provider_unavailable", f"The {stage} provider '{provider}' could not be reached or dropped the connection."
         )
+    if isinstance(exc, VoiceLanguageUnavailable):
+        return ProviderFailure(VOICE_LANGUAGE_UNAVAILABLE, str(exc))
     detail = redact(str(exc), secrets)[:300]
     return ProviderFailure("provider_error", f"The {stage} provider '{provider}' failed: {detail}")
 

@@ -14,7 +14,9 @@ from pipecat.services.tts_service import TTSService
 import local_models
 from config import Settings
 from providers.base import ChatChunk, DeltaCallback, Transcript
-from providers.tts import SpeedVoiceProvider, StreamingTTS
+from providers.errors import ProviderError
+from providers.languages import TTS_LANGUAGES, WHISPER_LANGUAGES, Languages, language_code, speaks
+from providers.tts import LanguageVoice, SpeedVoiceProvider, StreamingTTS
 from session.commands import RunResponse, Transcribe
 
 
@@ -100,29 +102,62 @@ class LocalChat:
 
 
 class LocalWhisperTranscriber:
-    """faster-whisper on the packaged weights (`local_models.LocalWhisper`), in worker threads."""
+    """faster-whisper on the packaged weights (`local_models.LocalWhisper`), in worker threads.
+
+    A turn in a language the configured model lacks (Chinese on tiny.en) goes to the multilingual one
+    (WHISPER_MULTILINGUAL_MODEL, Whisper base), loaded at the first such turn: English-only deployments never pay
+    for it."""
 
     name = "local_whisper"
 
     def __init__(self, settings: Settings) -> None:
         self.secrets: list[str] = []
-        self.model_path = local_models.whisper_model_path(settings.whisper_model, _cache_dir(settings))
+        cache_dir = _cache_dir(settings)
+        self.model_path = local_models.whisper_model_path(settings.whisper_model, cache_dir)
+        self.languages = WHISPER_LANGUAGES.get(settings.whisper_model)
+        multilingual = settings.whisper_multilingual_model
+        self._multilingual_name = None if multilingual is None or multilingual.lower() == "none" else multilingual
+        self._cache_dir = cache_dir
         self._language = settings.whisper_language
         self._model: local_models.LocalWhisper | None = None
+        self._multilingual: local_models.LocalWhisper | None = None
+        self._multilingual_lock = asyncio.Lock()
 
     async def load(self) -> None:
         self._model = await asyncio.to_thread(local_models.LocalWhisper.load, self.model_path)
         await self._model.warm_up()
 
-    async def transcribe(self, turn: Transcribe, on_delta: DeltaCallback | None = None) -> Transcript:
+    def needs_multilingual(self, language: str | None) -> bool:
+        """Whether a turn in `language` goes to the multilingual model (the configured one lacks the language)."""
+        return self._multilingual_name is not None and not speaks(self.languages, language_code(language))
+
+    async def _model_for(self, language: str | None) -> local_models.LocalWhisper:
         if self._model is None:
             raise RuntimeError("the local Whisper model is not loaded")
-        result = await self._model.transcribe(turn.pcm, turn.language or self._language, turn.prompt)
+        if not self.needs_multilingual(language):
+            return self._model
+        async with self._multilingual_lock:
+            if self._multilingual is None:
+                assert self._multilingual_name is not None
+                name, cache_dir = self._multilingual_name, self._cache_dir
+                logger.info(f"A turn in {language!r}, which {self.model_path.name} lacks: loading Whisper {name}")
+                try:
+                    path = await asyncio.to_thread(local_models.whisper_model_path, name, cache_dir)
+                    self._multilingual = await asyncio.to_thread(local_models.LocalWhisper.load, path)
+                except local_models.ModelError as exc:
+                    raise ProviderError(f"{exc} (WHISPER_MULTILINGUAL_MODEL={name})") from exc
+            return self._multilingual
+
+    async def transcribe(self, turn: Transcribe, on_delta: DeltaCallback | None = None) -> Transcript:
+        language = turn.language or self._language
+        model = await self._model_for(language)
+        result = await model.transcribe(turn.pcm, language, turn.prompt)
         return Transcript(text=result.text, duration_s=result.duration_s)
 
     async def close(self) -> None:
-        if self._model is not None:
-            self._model.close()
+        for model in (self._model, self._multilingual):
+            if model is not None:
+                model.close()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -133,7 +168,9 @@ class LocalWhisperTranscriber:
 class SharedPiperTTS(StreamingTTS):
     """Pipecat TTS on the process-wide Piper voice (Pipecat's own `PiperTTSService` loads a voice per pipeline)."""
 
-    def __init__(self, piper: local_models.LocalPiper, session_id: str) -> None:
+    def __init__(
+        self, piper: local_models.LocalPiper, session_id: str, language_voices: dict[str, LanguageVoice]
+    ) -> None:
         # No inactivity timeout: the model runs here, and a busy CPU is no stalled provider.
         super().__init__(
             model=None,
@@ -142,6 +179,8 @@ class SharedPiperTTS(StreamingTTS):
             secrets=[],
             session_id=session_id,
             input_rate=piper.sample_rate,
+            languages=frozenset({piper.language}),
+            language_voices=language_voices,
         )
         self._piper = piper
 
@@ -149,22 +188,43 @@ class SharedPiperTTS(StreamingTTS):
         return self._piper.synthesize(text, speed=self.speed, voice=self.voice)
 
 
+def _load_zh_voice(settings: Settings) -> local_models.LocalZhVoice:
+    """Loads the offline Chinese voice and says its licence, loudly, every time it is loaded."""
+    voice = local_models.LocalZhVoice.load(_cache_dir(settings))
+    logger.warning(f"LICENCE: {local_models.ZH_VOICE_LICENCE}")
+    return voice
+
+
 class PiperTtsProvider(SpeedVoiceProvider):
+    """Piper, and for Chinese replies the offline Chinese voice when `make zh-voice` installed it (TTS_ZH_VOICE)."""
+
     name = "piper"
 
     def __init__(self, settings: Settings) -> None:
         self.secrets: list[str] = []
+        self._settings = settings
         self.voice_path = local_models.piper_voice_path(settings.piper_voice)
         self._piper: local_models.LocalPiper | None = None
+        self._zh_voice: local_models.LocalZhVoice | None = None
+        self.uses_zh_voice = settings.tts_zh_voice and local_models.zh_voice_installed(_cache_dir(settings))
+
+    @property
+    def languages(self) -> Languages:
+        spoken = {self._piper.language} if self._piper is not None else set(TTS_LANGUAGES["piper"] or ())
+        return frozenset(spoken | ({"zh"} if self.uses_zh_voice else set()))
 
     async def load(self) -> None:
         self._piper = await asyncio.to_thread(local_models.LocalPiper.load, self.voice_path)
         await self._piper.warm_up()
+        if self.uses_zh_voice and self._piper.language != "zh":
+            self._zh_voice = await asyncio.to_thread(_load_zh_voice, self._settings)
+            await self._zh_voice.warm_up()
 
     def create(self, session_id: str) -> TTSService:
         if self._piper is None:
             raise RuntimeError("the Piper voice is not loaded")
-        return SharedPiperTTS(self._piper, session_id)
+        voices: dict[str, LanguageVoice] = {"zh": self._zh_voice} if self._zh_voice is not None else {}
+        return SharedPiperTTS(self._piper, session_id, voices)
 
     def voice_for(self, requested: str) -> str:
         """OpenAI voice names and unknown strings map to the loaded voice; a speaker of a multi-speaker voice
@@ -174,8 +234,60 @@ class PiperTtsProvider(SpeedVoiceProvider):
         return self._piper.name if self._piper is not None else requested
 
     async def close(self) -> None:
-        if self._piper is not None:
-            self._piper.close()
+        for model in (self._piper, self._zh_voice):
+            if model is not None:
+                model.close()
+
+
+class ZhVoiceTTS(StreamingTTS):
+    """Pipecat TTS on the process-wide offline Chinese voice (TTS_PROVIDER=zh_fastspeech)."""
+
+    def __init__(self, voice: local_models.LocalZhVoice, session_id: str) -> None:
+        super().__init__(
+            model=None,
+            voice=voice.name,
+            timeout_s=None,
+            secrets=[],
+            session_id=session_id,
+            input_rate=voice.sample_rate,
+            languages=TTS_LANGUAGES["zh_fastspeech"],
+        )
+        self._zh_voice = voice
+
+    def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        return self._zh_voice.synthesize(text, speed=self.speed)
+
+
+class ZhVoiceProvider(SpeedVoiceProvider):
+    """The offline Chinese voice alone (TTS_PROVIDER=zh_fastspeech): replies in other languages get no audio and
+    one `tts_language_unsupported` error each."""
+
+    name = "zh_fastspeech"
+    languages = TTS_LANGUAGES["zh_fastspeech"]
+
+    def __init__(self, settings: Settings) -> None:
+        self.secrets: list[str] = []
+        self._settings = settings
+        local_models.zh_voice_paths(_cache_dir(settings))  # not installed: the server does not start, and says why
+        self._voice: local_models.LocalZhVoice | None = None
+        self.default_voice = "zh-fastspeech2-csmsc"
+        self.timeout_s = None
+
+    async def load(self) -> None:
+        self._voice = await asyncio.to_thread(_load_zh_voice, self._settings)
+        await self._voice.warm_up()
+
+    def create(self, session_id: str) -> TTSService:
+        if self._voice is None:
+            raise RuntimeError("the offline Chinese voice is not loaded")
+        return ZhVoiceTTS(self._voice, session_id)
+
+    def voice_for(self, requested: str) -> str:
+        return self.default_voice  # one voice: every requested name gets it
+
+    async def close(self) -> None:
+        if self._voice is not None:
+            self._voice.close()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -193,3 +305,7 @@ def create_llm(settings: Settings) -> LocalChat:
 
 def create_tts(settings: Settings) -> PiperTtsProvider:
     return PiperTtsProvider(settings)
+
+
+def create_zh_tts(settings: Settings) -> ZhVoiceProvider:
+    return ZhVoiceProvider(settings)

@@ -21,7 +21,7 @@ import re
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 from pipecat.frames.frames import Frame
 from pipecat.services.settings import TTSSettings
@@ -32,7 +32,8 @@ from pipecat.utils.text.transforms.strip_markdown import strip_markdown
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
 from providers.base import request_id
-from providers.errors import ProviderError, ProviderTimeout, redact
+from providers.errors import ProviderError, ProviderTimeout, VoiceLanguageUnavailable, redact
+from providers.languages import Languages, MissingVoice, speaks, text_language
 
 OUTPUT_RATE = 24_000  # what every TTS service produces: the Realtime API's own rate, so nothing is resampled later
 
@@ -117,11 +118,25 @@ async def with_inactivity_timeout(chunks: AsyncIterator[bytes], timeout_s: float
                 await aclose()
 
 
+class LanguageVoice(Protocol):
+    """A voice for replies in a language the session's own voice does not speak (the offline Chinese voice)."""
+
+    name: str
+    sample_rate: int
+
+    def synthesize(self, text: str, speed: float = 1.0) -> AsyncIterator[bytes]: ...
+
+
 class StreamingTTS(TTSService):
     """A Pipecat TTS service over a provider that streams one sentence's audio per request, as PCM16 mono at
     `input_rate` (resampled to `OUTPUT_RATE`).
 
-    `timeout_s` bounds the silence between two pieces of audio; None leaves a local model (Piper) unbounded."""
+    `timeout_s` bounds the silence between two pieces of audio; None leaves a local model (Piper) unbounded.
+
+    Each sentence's language is told from its text: one the service's voice does not speak (`languages`, from
+    `providers.languages`) goes to the voice for that language in `language_voices`, or, with none, is not spoken
+    at all (no nonsense audio): the client gets one `VoiceLanguageUnavailable` error per response, and the
+    transcript still arrives."""
 
     Settings = SpeedSettings
     _settings: SpeedSettings
@@ -135,6 +150,8 @@ class StreamingTTS(TTSService):
         secrets: list[str],
         session_id: str = "",
         input_rate: int = OUTPUT_RATE,
+        languages: Languages = None,
+        language_voices: dict[str, LanguageVoice] | None = None,
         **kwargs: Any,
     ) -> None:
         if timeout_s is not None:
@@ -156,6 +173,9 @@ class StreamingTTS(TTSService):
         self._input_rate = input_rate
         self._session_id = session_id
         self._requests = itertools.count(1)
+        self._languages = languages
+        self._language_voices = language_voices or {}
+        self._reported_context: str | None = None  # the response already told that its language has no voice
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -181,12 +201,25 @@ class StreamingTTS(TTSService):
         return float(speed) if isinstance(speed, float | int) else 1.0
 
     async def run_tts(self, text: str, context_id: str) -> AsyncIterator[Frame]:
-        audio = self.synthesize(text)
+        language = text_language(text)
+        rate = self._input_rate
+        if speaks(self._languages, language):
+            audio = self.synthesize(text)
+        elif language in self._language_voices:
+            voice = self._language_voices[language]
+            audio, rate = voice.synthesize(text, self.speed), voice.sample_rate
+        else:
+            assert language is not None  # `speaks` is True for text of no particular language
+            if context_id != self._reported_context:
+                self._reported_context = context_id
+                missing = MissingVoice(language, self.voice)
+                await self.push_error(missing.message, exception=VoiceLanguageUnavailable(missing.message))
+            return
         if self._timeout_s is not None:
             audio = with_inactivity_timeout(audio, self._timeout_s)
         try:
             async for frame in self._stream_audio_frames_from_iterator(
-                audio, in_sample_rate=self._input_rate, context_id=context_id
+                audio, in_sample_rate=rate, context_id=context_id
             ):
                 yield frame
         except ProviderError:
