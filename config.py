@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         description="Host RAM for llama.cpp's cache of idle conversations' prompts (a returning conversation skips "
         "its prompt); the server's memory grows by up to this much as conversations come and go",
     )
+    local_llm_repeat_penalty: float = Field(
+        1.1, ge=1.0, le=2.0, description="llama.cpp's penalty on tokens of the last 64 (1.0: off)"
+    )
+    local_llm_dry_multiplier: float = Field(
+        0.8, ge=0.0, le=5.0, description="llama.cpp's DRY sampler: penalises repeating a phrase (0: off)"
+    )
     piper_voice: str | None = Field(None, description="A Piper .onnx voice; default en_US-joe-medium")
     tts_zh_voice: bool = Field(
         True,

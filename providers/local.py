@@ -13,9 +13,10 @@ from pipecat.services.tts_service import TTSService
 
 import local_models
 from config import Settings
+from protocol import JsonDict
 from providers.base import ChatChunk, DeltaCallback, Transcript
 from providers.errors import ProviderError
-from providers.languages import TTS_LANGUAGES, WHISPER_LANGUAGES, Languages, language_code, speaks
+from providers.languages import TTS_LANGUAGES, WHISPER_LANGUAGES, Languages, language_code, speaks, text_language
 from providers.tts import LanguageVoice, SpeedVoiceProvider, StreamingTTS
 from session.commands import RunResponse, Transcribe
 
@@ -27,6 +28,29 @@ def _cache_dir(settings: Settings) -> Path:
 # --------------------------------------------------------------------------------------------------------------
 # LLM: llama.cpp
 # --------------------------------------------------------------------------------------------------------------
+
+
+REPLY_LANGUAGE_INSTRUCTIONS = {"zh": "用户说的是中文：请用简体中文回答。"}
+
+
+def _message_text(message: JsonDict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def with_reply_language(messages: list[JsonDict]) -> list[JsonDict]:
+    """`messages`, plus a last system line asking for a reply in the user's language when their last message is in
+    one the instructions are not written in (a 0.5B model told in English to be helpful answers Chinese in English).
+    At the end, not in the instructions: the cached prompt of the conversation stays valid."""
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    language = text_language(_message_text(last_user)) if last_user is not None else None
+    instruction = REPLY_LANGUAGE_INSTRUCTIONS.get(language or "")
+    system = " ".join(_message_text(m) for m in messages if m.get("role") == "system")
+    if instruction is None or text_language(system) == language:
+        return messages
+    return [*messages, {"role": "system", "content": instruction}]
 
 
 class LocalChat:
@@ -70,10 +94,15 @@ class LocalChat:
         return self._settings.local_llm_context  # each conversation's share of llama.cpp's context
 
     def _request(self, run: RunResponse) -> dict[str, Any]:
+        settings = self._settings
         request: dict[str, Any] = {
-            "messages": run.messages,
+            "messages": with_reply_language(run.messages),
             "max_tokens": run.max_tokens,
             "temperature": run.temperature,
+            # A small model's long replies (in Chinese above all) fall into repeating one phrase until max_tokens:
+            # llama.cpp's DRY sampler penalises repeating a sequence of tokens, its repeat penalty single tokens.
+            "repeat_penalty": settings.local_llm_repeat_penalty,
+            "dry_multiplier": settings.local_llm_dry_multiplier,
         }
         if run.tools:
             request["tools"] = run.tools
@@ -99,6 +128,9 @@ class LocalChat:
 # --------------------------------------------------------------------------------------------------------------
 # STT: faster-whisper
 # --------------------------------------------------------------------------------------------------------------
+
+
+WHISPER_PROMPTS = {"zh": "以下是普通话的句子。"}
 
 
 class LocalWhisperTranscriber:
@@ -151,7 +183,10 @@ class LocalWhisperTranscriber:
     async def transcribe(self, turn: Transcribe, on_delta: DeltaCallback | None = None) -> Transcript:
         language = turn.language or self._language
         model = await self._model_for(language)
-        result = await model.transcribe(turn.pcm, language, turn.prompt)
+        # Whisper writes Mandarin in traditional or simplified characters as the mood takes it; a prompt in
+        # simplified characters makes it keep to those.
+        prompt = turn.prompt or WHISPER_PROMPTS.get(language_code(language) or "")
+        result = await model.transcribe(turn.pcm, language, prompt)
         return Transcript(text=result.text, duration_s=result.duration_s)
 
     async def close(self) -> None:
