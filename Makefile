@@ -31,7 +31,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 # The whole suite: real models, servers started as users start them, loopback fakes of every provider.
-test: lint
+test: lint zh-voice
 	$(BIN)/python -m pytest -q
 
 # The pure tier: the session core, the wire protocol, access, providers' mapping, configuration (seconds, no servers).

@@ -33,6 +33,7 @@ startup time (target <= 10 s), CPU used by other processes meanwhile, and writes
 
     .venv/bin/python bench/voice_to_voice.py
     .venv/bin/python bench/voice_to_voice.py --turns 20 --turns-per-session 1
+    .venv/bin/python bench/voice_to_voice.py --language zh      # Chinese turns (make zh-voice first)
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ from websockets.asyncio.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.audio_fixtures import manifest, pcm24k, silence24k  # noqa: E402
+from tests.support.audio_fixtures import manifest, pcm24k, silence24k, zh_manifest  # noqa: E402
 
 RESULTS_PATH = ROOT / "bench" / "results" / "voice_to_voice.json"
 CHUNK_MS = 20
@@ -88,6 +89,11 @@ UTTERANCES = (
     ("two_utterances.wav", 1),
     ("long_reply_interrupt.wav", 0),
 )
+# `--language zh`: the Chinese fixture (tests/fixtures/make_zh_fixtures.py), the session's transcription language set
+# to zh (tiny.en hands such turns to Whisper base) and short Chinese instructions; the reply is read by the offline
+# Chinese voice (`make zh-voice`).
+ZH_UTTERANCES = (("zh_question.wav", 0),)
+ZH_INSTRUCTIONS = "你是一个语音助手。用一两句简短的中文回答。"
 PROVIDER_PREFIXES = ("OPENAI_", "STT_", "LLM_", "TTS_", "LOCAL_LLM_", "WHISPER_", "PIPER_", "OLLAMA_", "VAD_")
 
 
@@ -240,11 +246,14 @@ class Session:
         await asyncio.gather(self._reader, return_exceptions=True)
 
 
-async def open_session(port: int) -> Session:
+async def open_session(port: int, language: str) -> Session:
     ws = await connect(f"ws://127.0.0.1:{port}/v1/realtime", max_size=None, open_timeout=60, ping_interval=None)
     session = Session(ws)
     await session.until("session.created")
-    update = {"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+    update: dict[str, Any] = {"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+    if language == "zh":
+        update["audio"]["input"]["transcription"]["language"] = "zh"
+        update["instructions"] = ZH_INSTRUCTIONS
     await ws.send(json.dumps({"type": "session.update", "session": update}))
     await session.until("session.updated")
     session.mic = Microphone(ws)
@@ -271,11 +280,11 @@ class Turn:
     server_rss_mb: float | None = None  # after the turn
 
 
-async def run_turn(session: Session, fixture: str, index: int, number: tuple[int, int]) -> Turn:
+async def run_turn(session: Session, fixture: str, index: int, number: tuple[int, int], language: str = "en") -> Turn:
     """Speaks one utterance and waits for the reply; returns its timings."""
     mic = session.mic
     assert mic is not None
-    utterance = manifest()["files"][fixture]["utterances"][index]
+    utterance = (zh_manifest() if language == "zh" else manifest())["files"][fixture]["utterances"][index]
     pcm = pcm24k(fixture)
     cut_start = max(0, utterance["start_ms"] - LEAD_MS)
     cut_end = utterance["end_ms"] + TAIL_MS
@@ -327,15 +336,16 @@ async def run_turn(session: Session, fixture: str, index: int, number: tuple[int
     )
 
 
-async def run_turns(port: int, pid: int, turns: int, per_session: int) -> list[Turn]:
+async def run_turns(port: int, pid: int, turns: int, per_session: int, language: str = "en") -> list[Turn]:
     results: list[Turn] = []
-    plan = [UTTERANCES[index % len(UTTERANCES)] for index in range(turns)]
+    utterances = ZH_UTTERANCES if language == "zh" else UTTERANCES
+    plan = [utterances[index % len(utterances)] for index in range(turns)]
     for session_number, start in enumerate(range(0, turns, per_session)):
-        session = await open_session(port)
+        session = await open_session(port, language)
         try:
             await asyncio.sleep(0.5)  # a little open-mic silence first
             for turn_number, (fixture, index) in enumerate(plan[start : start + per_session]):
-                results.append(await run_turn(session, fixture, index, (session_number, turn_number)))
+                results.append(await run_turn(session, fixture, index, (session_number, turn_number), language))
                 last = results[-1]
                 last.server_rss_mb = memory_mb(pid).get("VmRSS")
                 print(
@@ -409,8 +419,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=10, help="spoken turns (default: 10)")
     parser.add_argument("--turns-per-session", type=int, default=2, help="turns per session (default: 2)")
-    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where to write the JSON results")
-    return parser.parse_args(argv)
+    parser.add_argument("--output", type=Path, help="where to write the JSON results (default: by language)")
+    parser.add_argument(
+        "--language", choices=("en", "zh"), default="en", help="en: the English fixtures; zh: Chinese (make zh-voice)"
+    )
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS_PATH if args.language == "en" else RESULTS_PATH.with_name("voice_to_voice_zh.json")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"startup: {startup_s:.2f} s to /health healthy; RSS {memory_ready.get('VmRSS')} MB", flush=True)
         cpu_server, cpu_system, wall = process_cpu_s(pid), system_busy_s(), time.perf_counter()
         cpu_self = sum(os.times()[:2])
-        turns = asyncio.run(run_turns(port, pid, args.turns, args.turns_per_session))
+        turns = asyncio.run(run_turns(port, pid, args.turns, args.turns_per_session, args.language))
         wall = time.perf_counter() - wall
         server_cpu = (process_cpu_s(pid) or 0.0) - (cpu_server or 0.0)
         client_cpu = sum(os.times()[:2]) - cpu_self
@@ -481,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     results = {
         "benchmark": "offline default: end of user speech -> first response.output_audio.delta",
+        "language": args.language,
         "machine": machine(),
         "providers": providers.group(1) if providers else None,
         "startup_s": round(startup_s, 2),

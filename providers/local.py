@@ -53,6 +53,23 @@ def with_reply_language(messages: list[JsonDict]) -> list[JsonDict]:
     return [*messages, {"role": "system", "content": instruction}]
 
 
+def chat_request(run: RunResponse, settings: Settings) -> dict[str, Any]:
+    """The llama.cpp request for a response: OpenAI's chat shape, plus our reply language and samplers."""
+    request: dict[str, Any] = {
+        "messages": with_reply_language(run.messages),
+        "max_tokens": run.max_tokens,
+        "temperature": run.temperature,
+        # A small model's long replies (in Chinese above all) fall into repeating one phrase until max_tokens:
+        # llama.cpp's DRY sampler penalises repeating a sequence of tokens, its repeat penalty single tokens.
+        "repeat_penalty": settings.local_llm_repeat_penalty,
+        "dry_multiplier": settings.local_llm_dry_multiplier,
+    }
+    if run.tools:
+        request["tools"] = run.tools
+        request["tool_choice"] = run.tool_choice
+    return request
+
+
 class LocalChat:
     """The in-process llama.cpp model (`local_models.LocalLLM`): same chunks as an OpenAI-compatible endpoint."""
 
@@ -94,20 +111,7 @@ class LocalChat:
         return self._settings.local_llm_context  # each conversation's share of llama.cpp's context
 
     def _request(self, run: RunResponse) -> dict[str, Any]:
-        settings = self._settings
-        request: dict[str, Any] = {
-            "messages": with_reply_language(run.messages),
-            "max_tokens": run.max_tokens,
-            "temperature": run.temperature,
-            # A small model's long replies (in Chinese above all) fall into repeating one phrase until max_tokens:
-            # llama.cpp's DRY sampler penalises repeating a sequence of tokens, its repeat penalty single tokens.
-            "repeat_penalty": settings.local_llm_repeat_penalty,
-            "dry_multiplier": settings.local_llm_dry_multiplier,
-        }
-        if run.tools:
-            request["tools"] = run.tools
-            request["tool_choice"] = run.tool_choice
-        return request
+        return chat_request(run, self._settings)
 
     async def stream(self, run: RunResponse) -> AsyncIterator[ChatChunk]:
         if self._llm is None:

@@ -16,6 +16,12 @@ def manifest() -> dict[str, Any]:
     return json.loads((FIXTURES / "manifest.json").read_text())
 
 
+@cache
+def zh_manifest() -> dict[str, Any]:
+    """The Chinese fixtures (`tests/fixtures/make_zh_fixtures.py`), in the shape of `manifest()`."""
+    return json.loads((FIXTURES / "zh_manifest.json").read_text())
+
+
 def utterances(name: str) -> list[dict[str, Any]]:
     return manifest()["files"][name]["utterances"]
 
