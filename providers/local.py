@@ -150,6 +150,7 @@ class LocalWhisperTranscriber:
         self.secrets: list[str] = []
         cache_dir = _cache_dir(settings)
         self.model_path = local_models.whisper_model_path(settings.whisper_model, cache_dir)
+        self.model_name = settings.whisper_model
         self.languages = WHISPER_LANGUAGES.get(settings.whisper_model)
         multilingual = settings.whisper_multilingual_model
         self._multilingual_name = None if multilingual is None or multilingual.lower() == "none" else multilingual
@@ -176,7 +177,7 @@ class LocalWhisperTranscriber:
             if self._multilingual is None:
                 assert self._multilingual_name is not None
                 name, cache_dir = self._multilingual_name, self._cache_dir
-                logger.info(f"A turn in {language!r}, which {self.model_path.name} lacks: loading Whisper {name}")
+                logger.info(f"A turn in {language!r}, which Whisper {self.model_name} lacks: loading Whisper {name}")
                 try:
                     path = await asyncio.to_thread(local_models.whisper_model_path, name, cache_dir)
                     self._multilingual = await asyncio.to_thread(local_models.LocalWhisper.load, path)

@@ -176,6 +176,9 @@ class StreamingTTS(TTSService):
         self._languages = languages
         self._language_voices = language_voices or {}
         self._reported_context: str | None = None  # the response already told that its language has no voice
+        # Contexts (responses) with a sentence that went to a language voice or was not spoken: silence there is by
+        # design, not the failure Pipecat reports when a context ends with no audio.
+        self._routed_contexts: set[str] = set()
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -206,10 +209,12 @@ class StreamingTTS(TTSService):
         if speaks(self._languages, language):
             audio = self.synthesize(text)
         elif language in self._language_voices:
+            self._routed_contexts.add(context_id)
             voice = self._language_voices[language]
             audio, rate = voice.synthesize(text, self.speed), voice.sample_rate
         else:
             assert language is not None  # `speaks` is True for text of no particular language
+            self._routed_contexts.add(context_id)
             if context_id != self._reported_context:
                 self._reported_context = context_id
                 missing = MissingVoice(language, self.voice)
@@ -228,6 +233,15 @@ class StreamingTTS(TTSService):
             # Not a failure the provider translated (a bug, a local model's error): still one of ours, so that the
             # session gets one kind of exception from every TTS service; the cause stays chained for debugging.
             raise ProviderError(redact(str(exc), self._secrets)) from exc
+
+    async def _record_context_audio_outcome(self, context_id: str, received_audio: bool) -> None:
+        # Pipecat's hook for a finished context: one that ended silent is reported as an error, which fails the
+        # response; a reply whose sentences were not spoken on purpose (no voice for their language) must not.
+        if context_id in self._routed_contexts:
+            self._routed_contexts.discard(context_id)
+            if not received_audio:
+                return
+        await super()._record_context_audio_outcome(context_id, received_audio)
 
     @abstractmethod
     def synthesize(self, text: str) -> AsyncIterator[bytes]:

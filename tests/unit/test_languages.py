@@ -188,3 +188,10 @@ def test_the_chinese_voice_is_checked_before_loading(tmp_path: Path) -> None:
     (folder / local_models.ZH_VOICE_MANIFEST).write_text(json.dumps({"files": files}))
     with pytest.raises(local_models.ModelCorrupt, match="not the converted model"):
         local_models.zh_voice_paths(tmp_path)
+
+
+def test_the_chinese_voice_alone_needs_it_built(tmp_path: Path) -> None:
+    from providers.local import ZhVoiceProvider
+
+    with pytest.raises(local_models.ModelNotFound, match="make zh-voice"):
+        ZhVoiceProvider(Settings(_env_file=None, tts_provider="zh_fastspeech", model_cache_dir=tmp_path))  # type: ignore[call-arg]
