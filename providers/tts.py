@@ -35,6 +35,7 @@ from providers.base import request_id
 from providers.errors import ProviderError, ProviderTimeout, redact
 
 OUTPUT_RATE = 24_000  # what every TTS service produces: the Realtime API's own rate, so nothing is resampled later
+UNSPEAKABLE_PAUSE_S = 0.2  # what a piece of text with nothing to say ("...", "—", a lone emoji) sounds like
 
 # --------------------------------------------------------------------------------------------------------------
 # Text: the first clause, then sentences
@@ -181,7 +182,9 @@ class StreamingTTS(TTSService):
         return float(speed) if isinstance(speed, float | int) else 1.0
 
     async def run_tts(self, text: str, context_id: str) -> AsyncIterator[Frame]:
-        audio = self.synthesize(text)
+        # Text without a letter or digit is not sent to the provider: Piper returns no audio for "...", Edge fails
+        # on it, and Pipecat reports a reply that ends without audio as an error. It is a short pause instead.
+        audio = self.synthesize(text) if has_words(text) else pause(self._input_rate, UNSPEAKABLE_PAUSE_S)
         if self._timeout_s is not None:
             audio = with_inactivity_timeout(audio, self._timeout_s)
         try:
@@ -199,6 +202,16 @@ class StreamingTTS(TTSService):
     @abstractmethod
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """PCM16 mono at `input_rate` for `text`, as it arrives; failures raised as `ProviderError`s."""
+
+
+def has_words(text: str) -> bool:
+    """Whether `text` has anything to say: a letter or digit of any script."""
+    return any(char.isalnum() for char in text)
+
+
+async def pause(rate: int, seconds: float) -> AsyncIterator[bytes]:
+    """Silence as PCM16 mono at `rate`."""
+    yield bytes(2 * round(rate * seconds))
 
 
 class ServiceOptions(TypedDict):
