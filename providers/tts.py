@@ -36,6 +36,7 @@ from providers.errors import ProviderError, ProviderTimeout, VoiceLanguageUnavai
 from providers.languages import Languages, MissingVoice, speaks, text_language
 
 OUTPUT_RATE = 24_000  # what every TTS service produces: the Realtime API's own rate, so nothing is resampled later
+UNSPEAKABLE_PAUSE_S = 0.2  # what a piece of text with nothing to say ("...", "—", a lone emoji) sounds like
 
 # --------------------------------------------------------------------------------------------------------------
 # Text: the first clause, then sentences
@@ -206,7 +207,11 @@ class StreamingTTS(TTSService):
     async def run_tts(self, text: str, context_id: str) -> AsyncIterator[Frame]:
         language = text_language(text)
         rate = self._input_rate
-        if speaks(self._languages, language):
+        if not has_words(text):
+            # Text without a letter or digit is not sent to the provider: Piper returns no audio for "...", Edge
+            # fails on it, and Pipecat reports a reply that ends without audio as an error. A short pause instead.
+            audio = pause(self._input_rate, UNSPEAKABLE_PAUSE_S)
+        elif speaks(self._languages, language):
             audio = self.synthesize(text)
         elif language in self._language_voices:
             self._routed_contexts.add(context_id)
@@ -246,6 +251,16 @@ class StreamingTTS(TTSService):
     @abstractmethod
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """PCM16 mono at `input_rate` for `text`, as it arrives; failures raised as `ProviderError`s."""
+
+
+def has_words(text: str) -> bool:
+    """Whether `text` has anything to say: a letter or digit of any script."""
+    return any(char.isalnum() for char in text)
+
+
+async def pause(rate: int, seconds: float) -> AsyncIterator[bytes]:
+    """Silence as PCM16 mono at `rate`."""
+    yield bytes(2 * round(rate * seconds))
 
 
 class ServiceOptions(TypedDict):

@@ -156,6 +156,31 @@ async def test_audio_turn_streams_audio_and_transcript(server: RunningServer, fa
     assert "".join(request["body"]["input"] for request in speech).replace(" ", "") == transcript.replace(" ", "")
 
 
+@pytest.mark.parametrize("reply", ["...", "Well... — let me see. ...", "😀"])
+async def test_text_with_nothing_to_say_is_a_pause_not_a_failure(
+    server: RunningServer, fake: FakeOpenAI, dialect: str, reply: str
+) -> None:
+    """Models do reply "..." or a lone emoji: the response completes with its transcript and a short pause of audio,
+    and no such text reaches the TTS provider (which fails on it, or returns no audio, which Pipecat calls an error)."""
+    names = NAMES[dialect]
+    async with connect(server.base_url, dialect) as client:
+        await open_session(client)
+        script(fake, client.session_id, chat=[{"text": reply}])
+        await add_user_text(client, "Hmm?")
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done")
+    assert "error" not in types(events)
+    done = events[-1]["response"]
+    assert done["status"] == "completed"
+    transcript = "".join(e["delta"] for e in events if e["type"] == names["transcript_delta"])
+    assert transcript.replace(" ", "") == reply.replace(" ", "")
+    assert any(e["type"] == names["audio_delta"] for e in events)
+    speech = fake_requests(fake, "/v1/audio/speech", client.session_id)
+    spoken = [request["body"]["input"].strip() for request in speech]
+    assert all(any(char.isalnum() for char in text) for text in spoken), spoken
+    assert bool(spoken) == any(char.isalnum() for char in reply)
+
+
 async def test_out_of_band_response_stays_out_of_the_conversation(
     server: RunningServer, fake: FakeOpenAI, dialect: str
 ) -> None:
