@@ -182,3 +182,18 @@ class WebRtcTestClient:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pc.close()
+
+
+async def _hold_a_call(base_url: str) -> None:
+    client = WebRtcTestClient(base_url)
+    await client.connect_sdk(session={"type": "realtime"})
+    await client.until("session.created")
+    print("connected", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    # A peer that a test kills (`tests/test_webrtc.py`): it vanishes without closing anything, as a crashed tab does.
+    import sys
+
+    asyncio.run(_hold_a_call(sys.argv[1]))
