@@ -18,12 +18,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, NoReturn, get_args
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from loguru import logger
 
 # Until the settings are read only warnings reach stderr (Pipecat logs a banner when it is imported): a bad setting's
@@ -392,6 +393,14 @@ def created_event(session: RealtimeSession) -> dict[str, Any]:
     return {"type": "session.created", "event_id": new_id("event"), "session": session.session_object()}
 
 
+CONSOLE_PAGE = Path(__file__).resolve().parent / "console" / "index.html"
+
+
+async def console_page() -> FileResponse:
+    """The browser console: a voice call over WebRTC with this server (see console/index.html)."""
+    return FileResponse(CONSOLE_PAGE, media_type="text/html")
+
+
 async def unknown_path(websocket: WebSocket, path: str) -> None:
     # Without this route Starlette refuses with 403, which a client cannot tell from a refused key.
     message = f"No WebSocket endpoint at /{path}: the Realtime API is at /v1/realtime."
@@ -409,6 +418,7 @@ def create_app(
     server = RealtimeServer(settings or get_settings(), on_fatal, clock)
     app = FastAPI(title="Realtime API server", lifespan=server.lifespan)
     app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_route("/", console_page, methods=["GET"], include_in_schema=False)
     app.add_api_websocket_route("/v1/realtime", server.realtime)
     app.add_api_route("/v1/realtime/calls", server.create_call, methods=["POST"])
     app.add_api_route("/v1/realtime/calls/{call_id}/hangup", server.hangup, methods=["POST"])
