@@ -4,10 +4,20 @@ speaks a fixture, and the page shows both sides' transcript and plays the reply 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import http.server
+import threading
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
+from openai import AsyncOpenAI
+
 from tests.support.browser import chromium_page, microphone_wav
-from tests.support.servers import RunningServer
+from tests.support.servers import ROOT, RunningServer
+
+BROWSER_DIR = ROOT / "tests" / "browser"
 
 
 async def wait_for_sessions(server: RunningServer, count: int, timeout_s: float) -> int:
@@ -37,3 +47,48 @@ async def test_console_page_spoken_turn(server: RunningServer, tmp_path: Path) -
         assert await page.evaluate("window.consoleState.events.includes('response.output_audio.delta')") is False
         await page.evaluate("document.getElementById('stop').click()")
         assert await wait_for_sessions(server, 0, 10) == 0
+
+
+@contextlib.contextmanager
+def static_site(directory: Path) -> Iterator[str]:
+    """`directory` over HTTP on a port of its own: a page from another origin than the server's."""
+    handler = functools.partial(QuietHandler, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript"}
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+async def test_agents_sdk_webrtc_transport(server: RunningServer, tmp_path: Path) -> None:
+    """`OpenAIRealtimeWebRTC` from @openai/agents-realtime, on a page of another origin, `baseUrl` pointing here,
+    with an ephemeral secret (as the SDK requires in a browser): one spoken turn."""
+    secret = await AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="dummy").realtime.client_secrets.create(
+        session={"type": "realtime"}
+    )
+    microphone = microphone_wav(tmp_path, "question.wav", lead_ms=3000)
+    with static_site(BROWSER_DIR) as site:
+        query = urllib.parse.urlencode({"server": server.base_url, "key": secret.value})
+        async with chromium_page(f"{site}/agents.html?{query}", microphone) as page:
+            await page.wait_for(
+                "window.agentState && (window.agentState.connected || window.agentState.errors.length)", 30
+            )
+            assert await page.evaluate("window.agentState.errors") == []
+            await page.wait_for("window.agentState.events.includes('output_audio_buffer.stopped')", 40)
+            history = await page.evaluate("window.agentState.history")
+            roles = [entry["role"] for entry in history]
+            assert roles[:2] == ["user", "assistant"], history
+            assert "hello" in history[1]["text"].lower(), history
+            events = await page.evaluate("window.agentState.events")
+            assert "response.output_audio.delta" not in events
+            assert await page.evaluate("window.agentState.errors") == []
