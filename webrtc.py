@@ -194,6 +194,7 @@ class ReplyTrack(MediaStreamTrack):
             if self._playing != chunk.response_id:
                 self._finish_playing()
                 self._playing = chunk.response_id
+                self.stats.played_ms = {}  # what a clear reports is of the response playing
                 if self.stats.first_audio_at is None:
                     self.stats.first_audio_at = time.monotonic()
                 self._report(PlaybackEvent.STARTED, chunk.response_id)
