@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from loguru import logger
 
 from audio_utils import PIPELINE_OUTPUT_RATE, AudioFormat, StreamResampler, format_to_pcm, pcm_to_format
 from connection import ConnectionLimits, RealtimeConnection
-from protocol import new_id
+from protocol import ProtocolError, new_id
 from realtime_session import RealtimeSession
 from service_providers import Providers
 from session.commands import EndAudio, PlayAudio
@@ -290,7 +291,16 @@ class PeerChannel:
             return True
         if data.bufferedAmount > MAX_BUFFERED_BYTES:
             return False
-        data.send(text)
+        try:
+            data.send(text)
+        except ValueError as exc:  # larger than the peer's SCTP max-message-size (a retrieved item's audio, say)
+            event_type = json.loads(text).get("type")
+            error = ProtocolError(
+                f"The server event {event_type} is too large for the data channel: {exc}",
+                code="event_too_large",
+                type="server_error",
+            )
+            data.send(json.dumps(error.to_event(), separators=(",", ":")))
         return True
 
     async def close(self, ending: Ending) -> None:

@@ -84,7 +84,10 @@ async def test_agents_sdk_webrtc_transport(server: RunningServer, tmp_path: Path
                 "window.agentState && (window.agentState.connected || window.agentState.errors.length)", 30
             )
             assert await page.evaluate("window.agentState.errors") == []
-            await page.wait_for("window.agentState.events.includes('output_audio_buffer.stopped')", 40)
+            try:
+                await page.wait_for("window.agentState.events.includes('output_audio_buffer.stopped')", 40)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}\nserver log:\n{server.log()[-3000:]}") from None
             history = await page.evaluate("window.agentState.history")
             roles = [entry["role"] for entry in history]
             assert roles[:2] == ["user", "assistant"], history

@@ -26,8 +26,10 @@ def chromium_path() -> str:
     return path
 
 
-def microphone_wav(directory: Path, fixture: str, lead_ms: int = 2500, tail_ms: int = 3000) -> Path:
-    """The fixture with silence around it: the call connects during the lead, the turn ends in the tail."""
+def microphone_wav(directory: Path, fixture: str, lead_ms: int = 2500, tail_ms: int = 60_000) -> Path:
+    """The fixture with silence around it: the call connects during the lead, the turn ends in the tail. The tail
+    is long because the fake device stops sending once the file has played (`%noloop`), and a call whose microphone
+    sends nothing for WEBRTC_PEER_TIMEOUT_S is ended as a vanished peer."""
     path = directory / f"mic-{fixture}"
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
