@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast test-container install install-dev lint bench clean zh-voice
+.PHONY: run test test-fast browser-deps test-container install install-dev lint bench clean zh-voice
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,13 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 # The whole suite: real models, servers started as users start them, loopback fakes of every provider.
-test: lint zh-voice
+test: lint zh-voice browser-deps
 	$(BIN)/python -m pytest -q
+
+# The browser tests' Chromium (Debian's, through apt-get when missing) and the Agents SDK's browser bundle (npm).
+browser-deps:
+	tests/browser/install_chromium.sh
+	tests/browser/fetch_agents_sdk.sh
 
 # The pure tier: the session core, the wire protocol, access, providers' mapping, configuration (seconds, no servers).
 test-fast: install-dev

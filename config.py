@@ -187,6 +187,19 @@ class Settings(BaseSettings):
         65_536, ge=256, description="The most of an MCP tool's output kept for the model and the client (UTF-8)"
     )
 
+    # --- WebRTC (`POST /v1/realtime/calls`, webrtc.py) ---------------------------------------------
+    webrtc_public_ip: str | None = Field(
+        None,
+        description="An address to advertise in SDP answers beside the host's own (behind a 1:1 NAT or in a "
+        "container: the address browsers reach the server's UDP ports at); empty: the host's addresses only",
+    )
+    webrtc_connect_timeout_s: float = Field(
+        15.0, gt=0, description="A call whose peer has not opened its data channel by then is ended"
+    )
+    webrtc_peer_timeout_s: float = Field(
+        10.0, gt=0, description="A call whose microphone track sends nothing for this long is ended (peer gone)"
+    )
+
     @field_validator("openai_base_url", "ollama_base_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:

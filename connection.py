@@ -30,8 +30,17 @@ from providers.base import Transcript
 from providers.errors import ProviderError, VoiceLanguageUnavailable, provider_failure
 from realtime_session import RealtimeSession
 from service_providers import Providers
-from session.commands import CallMcpTool, CancelResponse, ListMcpTools, McpCallError, ProviderFailure
-from transport import Ending, EventChannel, RealtimeInputProcessor, RealtimeOutputProcessor
+from session.commands import (
+    CallMcpTool,
+    CancelResponse,
+    ClearAudio,
+    EndAudio,
+    ListMcpTools,
+    McpCallError,
+    PlayAudio,
+    ProviderFailure,
+)
+from transport import Ending, EventChannel, MediaOutput, RealtimeInputProcessor, RealtimeOutputProcessor
 from turn_detection import TurnEvent, TurnEventKind
 
 
@@ -58,8 +67,11 @@ class RealtimeConnection:
         session: RealtimeSession,
         providers: Providers,
         limits: ConnectionLimits | None = None,
+        media: MediaOutput | None = None,
     ) -> None:
         self.channel = channel
+        self.media = media  # the outgoing audio track of a media transport (WebRTC); None on a WebSocket
+        self.opened = asyncio.Event()  # the session has sent its first events: media input may flow
         self.session = session
         self.limits = limits or ConnectionLimits()
         self.state = ConnectionState.OPEN
@@ -80,6 +92,7 @@ class RealtimeConnection:
             await self.pipeline.start()
             self.session.open()
             await self.pump()
+            self.opened.set()
             self._reader = asyncio.create_task(self._read_loop(), name=f"reader-{self.session.id}")
             expiry = asyncio.create_task(self._expire(), name=f"expiry-{self.session.id}")
             with contextlib.suppress(asyncio.CancelledError):
@@ -159,13 +172,33 @@ class RealtimeConnection:
         """Sends the session's pending events and hands its pending commands to the pipeline."""
         for event in self.session.take_events():
             self._send(event)
+        reported = False  # the track reported what had played of the audio it dropped: the session's answer
         for command in self.session.take_commands():
+            if isinstance(command, PlayAudio | EndAudio | ClearAudio):
+                reported = self._play(command) or reported
+                continue
             if isinstance(command, ListMcpTools | CallMcpTool):
                 await self.mcp.execute(command)
                 continue
             if isinstance(command, CancelResponse):
                 await self.mcp.execute(command)
             await self.pipeline.execute(command)
+        if reported:
+            await self.pump()
+
+    def _play(self, command: PlayAudio | EndAudio | ClearAudio) -> bool:
+        """Hands a command to the track; True when the session was told what the track dropped."""
+        media = self.media
+        if media is None:
+            return False
+        if isinstance(command, PlayAudio):
+            media.play(command)
+        elif isinstance(command, EndAudio):
+            media.end(command)
+        else:
+            self.session.on_output_audio_cleared(media.clear())
+            return True
+        return False
 
     def _send(self, event: JsonDict) -> None:
         if self.state is not ConnectionState.OPEN:

@@ -12,16 +12,19 @@ sessions opened meanwhile get an `error` event saying so. Models that fail to lo
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, NoReturn, get_args
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
 from loguru import logger
 
 # Until the settings are read only warnings reach stderr (Pipecat logs a banner when it is imported): a bad setting's
@@ -40,12 +43,15 @@ from launch import GracefulStop, Launch, UvicornProbe, startup_exit_code
 from local_models import ModelError
 from mcp_client import McpLimits
 from process_memory import AllocatorTrim
-from protocol import ProtocolError, SessionKind, error_event
+from protocol import ProtocolError, SessionKind, SessionUpdate, error_event, new_id
 from providers.errors import ConfigurationError
 from realtime_session import RealtimeSession
 from service_providers import Providers
+from session.commands import AudioOutput
 from session.configuration import SessionDefaults
-from transport import WebSocketChannel
+from transport import Ending, WebSocketChannel
+from webrtc import OfferError, PeerSettings, WebRtcCall
+from wire.parsing import parse_secret_request
 
 EXIT_CONFIGURATION = 2
 EXIT_MODELS_FAILED = 3
@@ -116,6 +122,14 @@ class RealtimeServer:
         self.shutting_down = False
         self.loading_since = time.monotonic()
         self.connections: set[RealtimeConnection] = set()
+        self.calls: dict[str, WebRtcCall] = {}
+        self._call_tasks: set[asyncio.Task[None]] = set()
+        self.peer_settings = PeerSettings(
+            settings.webrtc_connect_timeout_s,
+            settings.webrtc_peer_timeout_s,
+            settings.webrtc_public_ip,
+            settings.max_outgoing_events,
+        )
         self.launch = Launch(None)
         self.allocator = AllocatorTrim()
         self._on_fatal = on_fatal
@@ -149,6 +163,7 @@ class RealtimeServer:
         await self.shut_down_sessions()
         for connection in list(self.connections):
             await connection.pipeline.stop()
+        await asyncio.gather(*self._call_tasks, return_exceptions=True)
         await self.allocator.close()
         await self.providers.close()
 
@@ -185,8 +200,13 @@ class RealtimeServer:
         }
         return JSONResponse(body, status_code=200 if self.ready else 503)
 
-    async def realtime(self, websocket: WebSocket, model: str | None = None, intent: str | None = None) -> None:
+    async def realtime(
+        self, websocket: WebSocket, model: str | None = None, intent: str | None = None, call_id: str | None = None
+    ) -> None:
         handshake = parse_handshake(websocket.headers, list(websocket.scope.get("subprotocols", [])))
+        if call_id is not None:
+            await self.sideband(websocket, handshake.api_key, handshake.subprotocol, call_id)
+            return
         decision = self.access.admit(
             websocket.headers.get("origin"),
             handshake.api_key,
@@ -227,6 +247,100 @@ class RealtimeServer:
             self.connections.discard(connection)
             self.allocator.session_closed(open_sessions=len(self.connections))
 
+    # ---- WebRTC ----------------------------------------------------------------------------------------------
+
+    async def create_call(self, request: Request, model: str | None = None) -> Response:
+        """`POST /v1/realtime/calls`: the browser's SDP offer in, the SDP answer out (201, `Location` names the
+        call). The body is the offer (`application/sdp`), or a form with an `sdp` part and a `session` part."""
+        decision = self.access.admit(
+            request.headers.get("origin"),
+            parse_handshake(request.headers, []).api_key,
+            open_sessions=len(self.connections),
+            max_sessions=self.settings.max_sessions,
+            shutting_down=self.shutting_down,
+        )
+        if isinstance(decision, Refusal):
+            return refusal_response(decision)
+        providers = self.providers
+        if providers is None or not self.ready:
+            waited = time.monotonic() - self.loading_since
+            message = f"The server is still loading its models ({waited:.0f}s so far): try again in a few seconds."
+            return openai_error(503, message, "models_loading", "server_error")
+        try:
+            offer, update = await read_offer(request)
+            secret = decision.secret
+            session = RealtimeSession(
+                self.defaults,
+                "ga",
+                kind=update.kind if update is not None else secret.kind if secret is not None else "realtime",
+                model=model or (update.patch.get("model") if update is not None else None),
+                initial_update=secret.initial_update() if secret is not None else None,
+                call_update=update,
+                audio_output=AudioOutput.TRACK,
+            )
+        except ProtocolError as error:
+            return openai_error(400, error.message, error.code or "invalid_value", param=error.param)
+        except OfferError as error:
+            return openai_error(error.status, error.message, error.code, param=error.param)
+        call = WebRtcCall(session, providers, self.limits, self.peer_settings)
+        try:
+            answer = await call.answer(offer)
+        except OfferError as error:
+            return openai_error(error.status, error.message, error.code, param=error.param)
+        self.calls[call.id] = call
+        self.connections.add(call.connection)
+        logger.info(f"Call {call.id} answered: session {session.id} ({session.kind}, {decision.how})")
+        task = asyncio.create_task(self._run_call(call), name=f"call-{call.id}")
+        self._call_tasks.add(task)
+        task.add_done_callback(self._call_tasks.discard)
+        headers = {"Location": f"/v1/realtime/calls/{call.id}"}
+        return Response(answer, status_code=201, media_type="application/sdp", headers=headers)
+
+    async def _run_call(self, call: WebRtcCall) -> None:
+        try:
+            await call.run()
+        finally:
+            self.calls.pop(call.id, None)
+            self.connections.discard(call.connection)
+            self.allocator.session_closed(open_sessions=len(self.connections))
+
+    async def hangup(self, request: Request, call_id: str) -> Response:
+        """`POST /v1/realtime/calls/{call_id}/hangup` ends the call."""
+        key = parse_handshake(request.headers, []).api_key
+        if self.access.authorize(key) is None:
+            return openai_error(401, "Incorrect API key provided.", "invalid_api_key")
+        call = self.calls.get(call_id)
+        if call is None:
+            return openai_error(404, f"Call '{call_id}' not found.", "call_not_found", param="call_id")
+        await call.hangup()
+        return Response(status_code=200)
+
+    async def sideband(self, websocket: WebSocket, key: str | None, subprotocol: str | None, call_id: str) -> None:
+        """`/v1/realtime?call_id=rtc_…`: a server's WebSocket joined to a call's session (an API key, not a
+        client secret: this is how a backend keeps tools and secrets off the browser)."""
+        if not self.access.open and not self.access.may_mint(key):
+            message = "A sideband connection needs an API key." if key is None else "Incorrect API key provided."
+            await websocket.send_denial_response(openai_error(401, message, "invalid_api_key"))
+            return
+        call = self.calls.get(call_id)
+        if call is None:
+            message = f"Call '{call_id}' not found."
+            await websocket.send_denial_response(openai_error(404, message, "call_not_found", param="call_id"))
+            return
+        await websocket.accept(subprotocol=subprotocol)
+        channel = WebSocketChannel(websocket, self.settings.max_outgoing_events)
+        await channel.start()
+        # What a connection starts with: the session as it is now.
+        channel.send(json.dumps(created_event(call.session), separators=(",", ":")))
+        call.channel.sidebands.add(channel)
+        logger.info(f"Call {call_id}: sideband connected")
+        try:
+            while (data := await channel.receive()) is not None:
+                call.channel.inject(data)
+        finally:
+            call.channel.sidebands.discard(channel)
+            await channel.close(Ending.CLIENT_LEFT)
+
     async def mint_secret(self, request: Request, endpoint: SecretEndpoint) -> JSONResponse:
         """Ephemeral client secrets, as the real API mints them for browsers (see `client_secrets.py`)."""
         if not self.access.may_mint(parse_handshake(request.headers, []).api_key):
@@ -241,6 +355,50 @@ class RealtimeServer:
             return openai_error(400, error.message, error.code or "invalid_value", param=error.param)
         except TooManySecrets as exc:
             return openai_error(429, str(exc), "rate_limit_exceeded", "rate_limit_error")
+
+
+async def read_offer(request: Request) -> tuple[str, SessionUpdate | None]:
+    """The SDP offer and the session configuration of a `POST /v1/realtime/calls` body."""
+    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form()
+        except Exception:  # python-multipart's errors: the body is not the form it says it is
+            raise OfferError("The multipart body could not be parsed.", "invalid_request_body") from None
+        sdp_part = form.get("sdp")
+        if sdp_part is None:
+            raise OfferError("The form has no 'sdp' part.", "missing_required_parameter", param="sdp")
+        offer = sdp_part if isinstance(sdp_part, str) else (await sdp_part.read()).decode("utf-8", "replace")
+        session_part = form.get("session")
+        if session_part is None:
+            return offer, None
+        raw = session_part if isinstance(session_part, str) else (await session_part.read()).decode("utf-8", "replace")
+        try:
+            session = json.loads(raw)
+        except ValueError:
+            raise ProtocolError("The 'session' part is not valid JSON.", code="invalid_json", param="session") from None
+        parsed = parse_secret_request({"session": session}, "client_secrets")
+        return offer, SessionUpdate(None, parsed.kind, parsed.patch)
+    if content_type not in ("application/sdp", "text/plain", ""):
+        raise OfferError(
+            f"Unsupported content type '{content_type}': send the offer as application/sdp, or multipart/form-data "
+            "with 'sdp' and 'session' parts.",
+            "unsupported_content_type",
+            status=415,
+        )
+    return (await request.body()).decode("utf-8", "replace"), None
+
+
+def created_event(session: RealtimeSession) -> dict[str, Any]:
+    return {"type": "session.created", "event_id": new_id("event"), "session": session.session_object()}
+
+
+CONSOLE_PAGE = Path(__file__).resolve().parent / "console" / "index.html"
+
+
+async def console_page() -> FileResponse:
+    """The browser console: a voice call over WebRTC with this server (see console/index.html)."""
+    return FileResponse(CONSOLE_PAGE, media_type="text/html")
 
 
 async def unknown_path(websocket: WebSocket, path: str) -> None:
@@ -260,7 +418,20 @@ def create_app(
     server = RealtimeServer(settings or get_settings(), on_fatal, clock)
     app = FastAPI(title="Realtime API server", lifespan=server.lifespan)
     app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_route("/", console_page, methods=["GET"], include_in_schema=False)
     app.add_api_websocket_route("/v1/realtime", server.realtime)
+    app.add_api_route("/v1/realtime/calls", server.create_call, methods=["POST"])
+    app.add_api_route("/v1/realtime/calls/{call_id}/hangup", server.hangup, methods=["POST"])
+    # Browser pages call the calls endpoint from their own origin; the WebSocket is not subject to CORS.
+    origins = sorted(server.settings.origins)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins or ["*"],
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["Location"],
+        max_age=600,
+    )
     for endpoint in get_args(SecretEndpoint):
         app.add_api_route(f"/v1/realtime/{endpoint}", _minting(server, endpoint), methods=["POST"])
     app.add_api_websocket_route("/{path:path}", unknown_path)

@@ -92,6 +92,10 @@ class ServerEvent(StrEnum):
     RESPONSE_MCP_CALL_IN_PROGRESS = "response.mcp_call.in_progress"
     RESPONSE_MCP_CALL_COMPLETED = "response.mcp_call.completed"
     RESPONSE_MCP_CALL_FAILED = "response.mcp_call.failed"
+    # Media transports only (WebRTC): the reply's audio as it plays on the outgoing track.
+    OUTPUT_AUDIO_BUFFER_STARTED = "output_audio_buffer.started"
+    OUTPUT_AUDIO_BUFFER_STOPPED = "output_audio_buffer.stopped"
+    OUTPUT_AUDIO_BUFFER_CLEARED = "output_audio_buffer.cleared"
 
 
 BETA_EVENT_NAMES: dict[str, str] = {

@@ -44,12 +44,13 @@ from protocol import (
     error_event,
     new_id,
 )
-from session.commands import Command, McpCallError, ProviderFailure, Usage
+from session.commands import AudioOutput, Command, McpCallError, ProviderFailure, Usage
 from session.configuration import RealtimeConfig, SessionConfig, SessionDefaults, as_wire, new_session_config
 from session.conversation import ROOT, Conversation, SpokenSegment, StoredItem, heard_text
 from session.input_turns import InputTurns
 from session.mcp import McpTools
 from session.outbox import Outbox
+from session.output_audio import OutputAudioBuffer, PlayedAudio
 from session.responses import CancelReason, FinishedResponse, ResponseStream
 from wire.parsing import parse_client_event
 
@@ -65,14 +66,19 @@ class RealtimeSession:
         model: str | None = None,
         clock: Callable[[], float] = time.time,
         initial_update: SessionUpdate | None = None,
+        audio_output: AudioOutput = AudioOutput.EVENTS,
+        call_update: SessionUpdate | None = None,
     ) -> None:
         self.defaults = defaults
+        self.audio_output = audio_output
         self.dialect = dialect
         self.conversation_id = new_id("conv")
         self.conversation = Conversation()
         config = new_session_config(defaults, kind, now=clock(), model=model)
         if initial_update is not None:  # a configuration the session starts from (a client secret's, say)
             config = config.updated(initial_update, defaults)
+        if call_update is not None:  # a WebRTC call's own `session`, over its secret's
+            config = config.updated(call_update, defaults)
         self.config: SessionConfig = config
         self._outbox = Outbox(dialect, self._beta_temperature)
         self._input = InputTurns(
@@ -88,8 +94,11 @@ class RealtimeSession:
             self._in_band_finished,
             self._mcp,
             defaults.mcp_allowed_hosts,
+            audio_output,
         )
-        self._initial_mcp = initial_update is not None and "tools" in initial_update.patch
+        self._output = OutputAudioBuffer(self._outbox)
+        starting = (initial_update, call_update)
+        self._initial_mcp = any(update is not None and "tools" in update.patch for update in starting)
         self._answer_when_idle = False  # a turn ended while the in-band response was still running
 
     @property
@@ -160,6 +169,8 @@ class RealtimeSession:
                 self._release_responses()
             case AudioClear():
                 self._input.clear()
+            case OutputAudioClear() if self.audio_output is AudioOutput.TRACK:
+                self._output.clear()
             case OutputAudioClear():
                 raise ProtocolError(
                     "output_audio_buffer.clear applies to WebRTC and SIP connections only; on a WebSocket, stop "
@@ -266,21 +277,25 @@ class RealtimeSession:
                 param="audio_end_ms",
                 event_id=event_id,
             )
-        heard = heard_text(stored.spoken, total_ms, command.audio_end_ms)
-        content[command.content_index]["transcript"] = heard
+        self._truncate(stored, command.content_index, command.audio_end_ms)
+
+    def _truncate(self, stored: StoredItem, content_index: int, audio_end_ms: int) -> None:
+        """Cuts an assistant audio item to its first `audio_end_ms` (what the user heard)."""
+        heard = heard_text(stored.spoken, stored.audio_ms, audio_end_ms)
+        stored.item["content"][content_index]["transcript"] = heard
         if stored.released_ms:
-            stored.released_ms = command.audio_end_ms  # the bytes are gone already; only the length changes
+            stored.released_ms = audio_end_ms  # the bytes are gone already; only the length changes
         else:
-            keep = int(command.audio_end_ms * stored.audio_format.bytes_per_ms)
+            keep = int(audio_end_ms * stored.audio_format.bytes_per_ms)
             keep -= keep % (2 if stored.audio_format is AudioFormat.PCM16 else 1)
             del stored.audio[keep:]
         stored.spoken = [SpokenSegment(0.0, heard)]
         self._responses.mark_truncated(stored)
         self._outbox.emit(
             ServerEvent.CONVERSATION_ITEM_TRUNCATED,
-            item_id=item["id"],
-            content_index=command.content_index,
-            audio_end_ms=command.audio_end_ms,
+            item_id=stored.id,
+            content_index=content_index,
+            audio_end_ms=audio_end_ms,
         )
 
     # ---- responses -------------------------------------------------------------------------------------------
@@ -340,6 +355,42 @@ class RealtimeSession:
         in_band = self._responses.in_band_id
         if in_band is not None:
             self._responses.cancel(in_band, "turn_detected")
+        if self.audio_output is AudioOutput.TRACK:
+            self._output.clear()  # the reply may have been generated already and still be playing
+
+    # ---- what a media transport reports: input audio and the output track -----------------------------------
+
+    @property
+    def input_format(self) -> AudioFormat:
+        """The format `append_media_audio` takes (the session's input format)."""
+        return self._input.format
+
+    def append_media_audio(self, audio: bytes) -> None:
+        """Input audio from a media track, in `input_format`: the same path as `input_audio_buffer.append`."""
+        try:
+            self._input.append_audio(audio, None)
+        except ProtocolError as error:
+            self.report_error(error)
+            return
+        if self._responses.in_band_id is None and self._input.check_idle_timeout():
+            self._turn_ended(answer=self.kind == "realtime")
+
+    def on_output_audio_started(self, response_id: str) -> None:
+        self._output.on_started(response_id)
+
+    def on_output_audio_stopped(self, response_id: str) -> None:
+        self._output.on_stopped(response_id)
+
+    def on_output_audio_cleared(self, played: PlayedAudio | None) -> None:
+        """The track dropped its queued audio: the item is cut to what had played, as the API does over WebRTC
+        (its clients send no `conversation.item.truncate` there)."""
+        if played is not None:
+            stored = self.conversation.get(played.item_id)
+            if stored is not None and stored.audio_ms > played.played_ms:
+                content = stored.item.get("content") or []
+                if content and content[0].get("type") == "output_audio":
+                    self._truncate(stored, 0, int(played.played_ms))
+        self._output.on_cleared(played)
 
     def on_speech_paused(self, speech_end_ms: float) -> None:
         self._input.on_speech_paused(speech_end_ms)

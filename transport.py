@@ -37,6 +37,8 @@ from pipeline_frames import (
     ResponseToolCallFrame,
 )
 from realtime_session import RealtimeSession
+from session.commands import EndAudio, PlayAudio
+from session.output_audio import PlayedAudio
 
 _NO_SPACE_NEEDED = re.compile(r"[\s\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
 
@@ -170,6 +172,19 @@ class EventChannel(Protocol):
 
     async def close(self, ending: Ending) -> None:
         """Sends what is queued (within a bound), then ends the connection saying why. Safe to call twice."""
+
+
+class MediaOutput(Protocol):
+    """The outgoing audio track of a media transport (WebRTC): reply audio played in real time."""
+
+    def play(self, command: PlayAudio) -> None:
+        """Queues audio behind what is already queued."""
+
+    def end(self, command: EndAudio) -> None:
+        """The response's audio is all queued."""
+
+    def clear(self) -> PlayedAudio | None:
+        """Drops what is queued at once; what had played of the audio dropped (None: nothing was queued)."""
 
 
 WEBSOCKET_CLOSE_CODES = {

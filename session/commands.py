@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal, TypeAlias
 
+from audio_utils import AudioFormat
 from protocol import JsonDict, Modality
 from session.configuration import TurnDetectionConfig
 
@@ -134,6 +135,36 @@ class CallMcpTool:
     arguments: JsonDict
 
 
+class AudioOutput(Enum):
+    """Where a session's reply audio goes: `response.output_audio.delta` events (WebSocket), or a media track that
+    plays it in real time (WebRTC), which the session tells the client about with `output_audio_buffer.*` events."""
+
+    EVENTS = "events"
+    TRACK = "track"
+
+
+@dataclass
+class PlayAudio:
+    """Queue reply audio on the outgoing track (`AudioOutput.TRACK`): `audio` in `audio_format`, of `item_id`."""
+
+    response_id: str
+    item_id: str
+    audio: bytes
+    audio_format: AudioFormat
+
+
+@dataclass
+class EndAudio:
+    """The response's audio is all queued: once it has played out the track reports it stopped."""
+
+    response_id: str
+
+
+@dataclass
+class ClearAudio:
+    """Drop the audio still queued on the track at once; the track reports what of it had played."""
+
+
 McpCommand: TypeAlias = ListMcpTools | CallMcpTool
 Command: TypeAlias = (
     RunResponse
@@ -144,6 +175,9 @@ Command: TypeAlias = (
     | Transcribe
     | ListMcpTools
     | CallMcpTool
+    | PlayAudio
+    | EndAudio
+    | ClearAudio
 )
 
 

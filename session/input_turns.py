@@ -117,6 +117,10 @@ class InputTurns:
                 raise InvalidAudio("PCM16 audio must have an even number of bytes.")
         except InvalidAudio as exc:
             raise ProtocolError(str(exc), param="audio", event_id=event_id) from None
+        self.append_audio(audio, event_id)
+
+    def append_audio(self, audio: bytes, event_id: str | None) -> None:
+        """Decoded audio in the session's input format (an append's, or a media track's)."""
         if len(audio) > MAX_APPEND_AUDIO_BYTES:
             raise ProtocolError(
                 f"Invalid 'audio': {len(audio)} bytes of audio in one append; the most allowed is 15 MiB.",

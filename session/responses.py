@@ -33,10 +33,13 @@ from typing import Literal, TypeAlias
 from audio_utils import AudioFormat, OutputEncoder, encode_base64
 from protocol import JsonDict, Modality, ProtocolError, ServerEvent, error_event, new_id
 from session.commands import (
+    AudioOutput,
     CallMcpTool,
     CancelResponse,
+    EndAudio,
     McpCallError,
     McpErrorKind,
+    PlayAudio,
     ProviderFailure,
     RunResponse,
     TruncationPolicy,
@@ -149,7 +152,9 @@ class ResponseStream:
         on_in_band_finished: Callable[[FinishedResponse], None],
         mcp: McpTools,
         mcp_allowed_hosts: tuple[str, ...] = (),
+        audio_output: AudioOutput = AudioOutput.EVENTS,
     ) -> None:
+        self._audio_output = audio_output
         self._session_id = session_id
         self._conversation = conversation
         self._outbox = outbox
@@ -424,6 +429,10 @@ class ResponseStream:
             return
         if not message.truncated:
             message.stored.audio.extend(encoded)
+        if self._audio_output is AudioOutput.TRACK:
+            # The track plays it in real time; the API sends no audio deltas over WebRTC.
+            self._outbox.command(PlayAudio(response.id, message.stored.id, encoded, message.stored.audio_format))
+            return
         self._outbox.emit(
             ServerEvent.RESPONSE_OUTPUT_AUDIO_DELTA, **response.part_ids(message), delta=encode_base64(encoded)
         )
@@ -696,6 +705,8 @@ class ResponseStream:
         for call in running.values():
             self._end_mcp_call(response, call, None, _CANCELLED)
         del self._responses[response.id]
+        if self._audio_output is AudioOutput.TRACK and response.modality == "audio":
+            self._outbox.command(EndAudio(response.id))  # the track ignores it if it played nothing of it
         done = self._response_object(response, status, details, _added(response.usage, usage))
         self._outbox.emit(ServerEvent.RESPONSE_DONE, response=done)
         if response.in_band:
