@@ -164,7 +164,7 @@ class RealtimeServer:
         for warning in self.launch.warnings(self.settings.max_event_bytes, self.settings.llm_provider == "local"):
             logger.warning(warning)
         launched_workers = self.launch.config.workers if self.launch.config is not None else 1
-        if self.settings.workers != launched_workers and not os.environ.get(WORKERS_FROM_MAIN):
+        if 1 < self.settings.workers != launched_workers and not os.environ.get(WORKERS_FROM_MAIN):
             logger.warning(
                 f"WORKERS={self.settings.workers} is what `python main.py` starts; uvicorn was started with"
                 f" {launched_workers}: pass --workers {self.settings.workers} to uvicorn"

@@ -290,3 +290,26 @@ async def test_a_configuration_too_large_for_a_secret_is_refused_with_400(two_wo
     secret = await client.realtime.client_secrets.create(session={"type": "realtime", "instructions": long_but_plain})
     assert len(secret.value) < 1000
     assert await use(two_workers, secret.value) == long_but_plain
+
+
+async def test_uvicorn_workers_share_the_same_limit_secrets_and_metrics(fake: FakeOpenAI) -> None:
+    """`uvicorn main:app --workers 2` runs none of our code in its supervisor: the workers find each other alone."""
+    from tests.test_launchers import start_uvicorn
+
+    env = {**provider_env(fake), "REALTIME_API_KEYS": KEY, "MAX_SESSIONS": "1", "METRICS": "true"}
+    server = start_uvicorn(env, "--workers", "2", wait=False)
+    try:
+        wait_for_workers(server, 2)
+        secrets = await asyncio.gather(*(mint(server, f"Under uvicorn {n}.") for n in range(4)))
+        for secret, n in zip(secrets * 2, list(range(4)) * 2, strict=True):
+            assert await use(server, secret) == f"Under uvicorn {n}."
+            await until_no_sessions(server)
+        async with connect(server.base_url, api_key=KEY) as session:
+            await session.until("conversation.created")
+            for _ in range(6):
+                status, body = await refusal(server, KEY)
+                assert status == 503 and body["error"]["code"] == "too_many_sessions"
+                assert scrape(server)["realtime_open_sessions{}"] == 1
+        assert "WORKERS=" not in server.log()  # WORKERS is unset: nothing to warn about
+    finally:
+        server.stop()
