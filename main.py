@@ -45,11 +45,12 @@ from instance import Instance, forget_dead_instances, prepare_supervisor
 from launch import WORKER_HEALTHCHECK_S, GracefulStop, Launch, UvicornProbe, startup_exit_code
 from local_models import ModelError
 from mcp_client import McpLimits
+from model_server import MODEL_SERVER_VARIABLE, Endpoint, ModelServer, ModelServerFailed
 from process_memory import AllocatorTrim
 from protocol import Dialect, ProtocolError, SessionKind, error_event
 from providers.errors import ConfigurationError
 from realtime_session import RealtimeSession
-from service_providers import Providers
+from service_providers import LlmServer, Providers
 from session.configuration import SessionDefaults
 from transport import WebSocketChannel
 
@@ -145,7 +146,7 @@ class RealtimeServer:
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         configure_logging(self.settings)
         try:
-            self.providers = Providers.from_settings(self.settings)
+            self.providers = Providers.from_settings(self.settings, shared_llm_server())
         except (ConfigurationError, ModelError) as exc:
             logger.error(f"Configuration error: {exc}")
             raise SystemExit(EXIT_CONFIGURATION) from None
@@ -369,6 +370,15 @@ def checked_settings() -> Settings:
 WORKERS_FROM_MAIN = "REALTIME_WORKERS_FROM_MAIN"  # tells the workers `python main.py` started them with WORKERS
 
 
+def shared_llm_server() -> LlmServer | None:
+    """The model server this worker's supervisor started for all its workers, if it did."""
+    announced = os.environ.get(MODEL_SERVER_VARIABLE)
+    if not announced:
+        return None
+    endpoint = Endpoint.from_json(announced)
+    return LlmServer(endpoint.base_url, endpoint.api_key, endpoint.model)
+
+
 def main() -> None:
     settings = checked_settings()
     configure_logging(settings)
@@ -377,9 +387,21 @@ def main() -> None:
         # The instance's folder and boot key exist before any worker starts; the workers find them by this pid.
         folder = prepare_supervisor()
         os.environ[WORKERS_FROM_MAIN] = "1"
+        model_server: ModelServer | None = None
         try:
+            if settings.llm_provider == "local":
+                # One copy of the largest model for all the workers, loaded before they start.
+                logger.info(f"Loading the local LLM once, in a model server for {workers} workers")
+                try:
+                    model_server = ModelServer.start()
+                except ModelServerFailed as exc:
+                    print(f"Could not load the models: {exc}", file=sys.stderr)
+                    raise SystemExit(EXIT_MODELS_FAILED) from None
+                os.environ[MODEL_SERVER_VARIABLE] = model_server.endpoint.to_json()
             serve(settings, "main:app", workers)
         finally:
+            if model_server is not None:
+                model_server.stop()
             shutil.rmtree(folder, ignore_errors=True)
         return
     serve(settings, create_app(settings), 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -313,3 +314,56 @@ async def test_uvicorn_workers_share_the_same_limit_secrets_and_metrics(fake: Fa
         assert "WORKERS=" not in server.log()  # WORKERS is unset: nothing to warn about
     finally:
         server.stop()
+
+
+def process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    for parent in pids:
+        with contextlib.suppress(OSError):
+            pids += children(parent)
+    return pids
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """RSS and PSS (shared pages split between the processes that map them) of a process tree, and each process's."""
+    totals = {"rss": 0.0, "pss": 0.0}
+    for member in process_tree(pid):
+        rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+        rss = float(re.search(r"^Rss:\s+(\d+)", rollup, re.M)[1]) / 1024
+        pss = float(re.search(r"^Pss:\s+(\d+)", rollup, re.M)[1]) / 1024
+        command = Path(f"/proc/{member}/cmdline").read_bytes().replace(b"\0", b" ").decode()[-60:]
+        totals["rss"] += rss
+        totals["pss"] += pss
+        totals[f"{member} {command}"] = rss
+    return totals
+
+
+async def offline_memory(workers: int) -> dict[str, float]:
+    """The offline default (`make run`, no provider settings), after one text turn on each worker's models."""
+    from local_models import default_cache_dir
+
+    env = {"WORKERS": str(workers), "LLM_TEMPERATURE": "0", "REALTIME_CACHE_DIR": str(default_cache_dir())}
+    server = start_server(env, wait=False)
+    try:
+        wait_for_workers(server, workers, timeout_s=300)
+        async with connect(server.base_url) as session:
+            await session.until("conversation.created")
+            item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello."}]}
+            await session.send({"type": "conversation.item.create", "item": item})
+            await session.send({"type": "response.create", "response": {"max_output_tokens": 20}})
+            assert (await session.until("response.done", timeout=120))[-1]["response"]["status"] == "completed"
+        memory = memory_mib(server.process.pid)
+        if workers > 1:
+            assert server.log().count("Model server: the local LLM at http://127.0.0.1:") == 1
+            assert "LLM Qwen" not in server.log().split("Model server:")[1]  # no worker loaded one of its own
+        return memory
+    finally:
+        server.stop()
+
+
+async def test_two_workers_hold_one_copy_of_the_local_llm() -> None:
+    one = await offline_memory(1)
+    two = await offline_memory(2)
+    print(f"\nWORKERS=1: {one}\nWORKERS=2: {two}")
+    # RSS, not PSS: PSS splits shared pages with every other process mapping them (other servers on the machine).
+    assert two["rss"] < 1.75 * one["rss"], (one, two)
