@@ -211,8 +211,10 @@ class RealtimeServer:
 
     async def health(self) -> JSONResponse:
         total, workers = await asyncio.to_thread(self.instance.total) if self.instance else (0, 0)
+        # A stopping server is not ready either: a load balancer's readiness check takes it out of the rotation.
+        state = "shutting_down" if self.shutting_down else "healthy" if self.ready else "loading"
         body = {
-            "status": "healthy" if self.ready else "loading",
+            "status": state,
             # The whole server's (every worker's): what MAX_SESSIONS limits.
             "active_sessions": total,
             "worker_sessions": len(self.connections),
@@ -221,7 +223,7 @@ class RealtimeServer:
             # What a soak test watches for leaks (bench/soak.py): it stays flat while sessions come and go.
             "asyncio_tasks": len(asyncio.all_tasks()),
         }
-        return JSONResponse(body, status_code=200 if self.ready else 503)
+        return JSONResponse(body, status_code=200 if state == "healthy" else 503)
 
     async def realtime(self, websocket: WebSocket, model: str | None = None, intent: str | None = None) -> None:
         handshake = parse_handshake(websocket.headers, list(websocket.scope.get("subprotocols", [])))

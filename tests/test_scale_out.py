@@ -367,3 +367,16 @@ async def test_two_workers_hold_one_copy_of_the_local_llm() -> None:
     print(f"\nWORKERS=1: {one}\nWORKERS=2: {two}")
     # RSS, not PSS: PSS splits shared pages with every other process mapping them (other servers on the machine).
     assert two["rss"] < 1.75 * one["rss"], (one, two)
+
+
+async def test_a_stopping_server_is_not_ready(fake: FakeOpenAI) -> None:
+    """What takes a stopping replica out of a load balancer's rotation (readiness on /health)."""
+    from main import RealtimeServer
+    from tests.support.in_process import in_process_settings
+
+    server = RealtimeServer(in_process_settings(fake))
+    server.ready = True
+    assert (await server.health()).status_code == 200
+    await server.shut_down_sessions()
+    response = await server.health()
+    assert response.status_code == 503 and json.loads(response.body)["status"] == "shutting_down"
