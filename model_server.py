@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ def serve() -> None:
     from config import get_settings
     from providers.local import LocalChat
 
+    # Ctrl-C reaches the whole process group: the supervisor decides when this process ends (it closes the pipe).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = get_settings()
     logger.remove()
     logger.add(sys.stderr, level=settings.log_level.upper())
