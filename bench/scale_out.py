@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from response_latency import ROOT, Process, free_port, machine, run_sessions, start_fake, start_server
+from response_latency import ROOT, Process, free_port, machine, run_sessions, spawn, start_fake, wait_until_ready
 
 from turn_detection import capacity_step
 
@@ -59,10 +59,32 @@ def wait_for_workers(port: int, workers: int, timeout_s: float = 120) -> None:
         time.sleep(0.05 if good else 0.3)
 
 
+def start_workers(port: int, fake_port: int, workdir: Path, workers: int) -> Process:
+    """The server on the loopback fake (as `response_latency.start_server`), with more time to start N workers."""
+    prefixes = ("OPENAI_", "STT_", "LLM_", "TTS_")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+    env.update(
+        {
+            "SERVER_HOST": "127.0.0.1",
+            "SERVER_PORT": str(port),
+            "STT_PROVIDER": "openai_whisper",
+            "LLM_PROVIDER": "openai",
+            "TTS_PROVIDER": "openai_tts",
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
+            "OPENAI_API_KEY": "sk-bench",
+            "LOG_LEVEL": "WARNING",
+            "WORKERS": str(workers),
+            "MAX_SESSIONS": "10000",
+        }
+    )
+    server = spawn("server", [sys.executable, str(ROOT / "main.py")], workdir, env, workdir)
+    wait_until_ready(server, f"http://127.0.0.1:{port}/health", '"healthy"', timeout_s=300)
+    return server
+
+
 def measure(workers: int, fake: Process, fake_port: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     port = free_port()
-    env = {"WORKERS": str(workers), "MAX_SESSIONS": "10000"}
-    server = start_server(port, fake_port, workdir / f"w{workers}", extra_env=env)
+    server = start_workers(port, fake_port, workdir / f"w{workers}", workers)
     try:
         wait_for_workers(port, workers)
         started = time.perf_counter()
