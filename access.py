@@ -5,7 +5,9 @@ What a client asks for is read off its upgrade request (`parse_handshake`: diale
 `REALTIME_API_KEYS` configured the server is open (meant for local use). With keys, a connection must present one
 of them, or an ephemeral client secret (`ek_…`, see `client_secrets.py`) minted with one. Each connection attempt is
 decided once, by `admit`: a `Grant` (starting from the secret's configuration if it was one) or a `Refusal`, which
-the handshake answers with an HTTP status and OpenAI's error body.
+the handshake answers with an HTTP status and OpenAI's error body. A granted connection then needs one of the
+instance's session slots (`MAX_SESSIONS`, counted across workers by the caller); `session_limit` is the refusal when
+none is free.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from client_secrets import ClientSecret, SecretStore
+from client_secrets import ClientSecret, SecretSigner
 from protocol import Dialect
 
 REALTIME_SUBPROTOCOL = "realtime"
@@ -69,7 +71,7 @@ class Refusal:
 
 
 class AccessControl:
-    def __init__(self, api_keys: set[str], allowed_origins: set[str], secrets: SecretStore) -> None:
+    def __init__(self, api_keys: set[str], allowed_origins: set[str], secrets: SecretSigner) -> None:
         self._api_keys = {key for key in api_keys if key}
         self._allowed_origins = {origin.rstrip("/") for origin in allowed_origins if origin}
         self.secrets = secrets
@@ -105,10 +107,8 @@ class AccessControl:
             return None
         return Grant(how="open server" if self.open else "key")
 
-    def admit(
-        self, origin: str | None, key: str | None, *, open_sessions: int, max_sessions: int, shutting_down: bool
-    ) -> Grant | Refusal:
-        """Decides a connection attempt: origin, then key, then whether the server can take one more session."""
+    def admit(self, origin: str | None, key: str | None, *, shutting_down: bool) -> Grant | Refusal:
+        """Decides a connection attempt: origin, then key, then whether the server is stopping."""
         if not self.origin_allowed(origin):
             return Refusal(403, f"Connections from origin {origin!r} are not allowed.", "origin_not_allowed")
         grant = self.authorize(key)
@@ -122,11 +122,14 @@ class AccessControl:
             return Refusal(401, message, "invalid_api_key")
         if shutting_down:
             return Refusal(503, "The server is shutting down.", "server_shutting_down", "server_error")
-        if open_sessions >= max_sessions:
-            return Refusal(
-                503,
-                f"The server is at its limit of {max_sessions} concurrent sessions: try again later.",
-                "too_many_sessions",
-                "server_error",
-            )
         return grant
+
+
+def session_limit(max_sessions: int) -> Refusal:
+    """A granted connection that finds every one of the server's `max_sessions` slots taken."""
+    return Refusal(
+        503,
+        f"The server is at its limit of {max_sessions} concurrent sessions: try again later.",
+        "too_many_sessions",
+        "server_error",
+    )

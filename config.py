@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         "gpt-realtime",
         description="Model name reported in sessions when the client does not name one.",
     )
+    workers: int = Field(
+        1, ge=1, le=256, description="Worker processes serving one port (python main.py / make run); share limits"
+    )
+    metrics: bool = Field(False, description="Serve GET /metrics (Prometheus text format; behind the API key)")
 
     # --- providers ----------------------------------------------------------------------------------
     stt_provider: SttProvider = "local_whisper"
@@ -161,6 +165,11 @@ class Settings(BaseSettings):
         SecretStr(""), description="Comma-separated keys clients must present; empty: anyone may connect"
     )
     allowed_origins: str = Field("", description="Comma-separated browser origins allowed to connect; empty: any")
+    realtime_secret_key: SecretStr | None = Field(
+        None,
+        description="Signs client secrets (ek_…): the same on every replica so that any accepts them; empty: a key "
+        "made at boot, shared by this server's workers only",
+    )
 
     # --- limits -------------------------------------------------------------------------------------
     max_sessions: int = Field(100, ge=1, description="Concurrent sessions; more are refused at the handshake")
@@ -199,6 +208,14 @@ class Settings(BaseSettings):
     webrtc_peer_timeout_s: float = Field(
         10.0, gt=0, description="A call whose microphone track sends nothing for this long is ended (peer gone)"
     )
+
+    @field_validator("realtime_secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # Anyone who guesses the key can mint secrets: a short one could be found by trying.
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return value
 
     @field_validator("openai_base_url", "ollama_base_url")
     @classmethod

@@ -24,6 +24,7 @@ from loguru import logger
 from pipecat.frames.frames import ErrorFrame
 
 from mcp_client import McpLimits, McpSessions
+from metrics import SessionMetrics
 from pipeline_manager import PipelineManager
 from protocol import JsonDict, ProtocolError
 from providers.base import Transcript
@@ -83,9 +84,11 @@ class RealtimeConnection:
             providers, self, RealtimeInputProcessor(self), RealtimeOutputProcessor(self), session.id
         )
         self.mcp = McpSessions(self, self.limits.mcp, session.id)
+        self.metrics = SessionMetrics()
 
     async def run(self) -> None:
         started = time.monotonic()
+        self.metrics.opened()
         await self.channel.start()
         expiry: asyncio.Task[None] | None = None
         try:
@@ -113,6 +116,7 @@ class RealtimeConnection:
             await self.channel.close(self.ending)
             await asyncio.gather(*self._end_tasks, return_exceptions=True)
             self.state = ConnectionState.CLOSED
+            self.metrics.closed()
             logger.info(
                 f"Session {self.session.id} closed after {time.monotonic() - started:.1f}s: {self.ending.value}"
             )
@@ -203,6 +207,7 @@ class RealtimeConnection:
     def _send(self, event: JsonDict) -> None:
         if self.state is not ConnectionState.OPEN:
             return
+        self.metrics.sent(event)
         if not self.channel.send(json.dumps(event, ensure_ascii=False, separators=(",", ":"))):
             # The client stopped reading: end the connection rather than buffer without bound.
             self.state, self.ending = ConnectionState.ENDING, Ending.STOPPED_READING

@@ -696,6 +696,11 @@ class LocalLLM:
     def max_concurrent(self) -> int:
         return self._pool.size
 
+    def http_endpoint(self) -> tuple[str, str]:
+        """llama.cpp's loopback HTTP server (OpenAI-compatible, `/v1/chat/completions`) and the key it wants: what
+        the model server hands the workers."""
+        return f"{self._server.listening_address}/v1", self._http_key
+
     @property
     def in_flight(self) -> int:
         """Generations holding a llama.cpp slot right now."""

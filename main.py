@@ -1,8 +1,9 @@
 """The composition root: settings → providers, access control, session defaults → the FastAPI app.
 
-Routes: the Realtime WebSocket at `/v1/realtime`, `/health`, and the client-secret endpoints. Run with
-`python main.py` (the settings in `.env`) or `uvicorn main:app`; the app is built when it is first asked for, so
-importing this module builds nothing.
+Routes: the Realtime WebSocket at `/v1/realtime`, `/health`, the client-secret endpoints, and `/metrics` when
+METRICS=true. Run with `python main.py` (the settings in `.env`; WORKERS=N starts N worker processes on one port) or
+`uvicorn main:app [--workers N]`; the app is built when it is first asked for, so importing this module builds
+nothing. The workers of one server share its session limit, its client-secret key and its metrics (`instance.py`).
 
 Models load in the background once the server listens: `/health` answers 503 `loading` until they are ready, and
 sessions opened meanwhile get an `error` event saying so. Models that fail to load end the process with
@@ -12,8 +13,11 @@ sessions opened meanwhile get an `error` event saying so. Models that fail to lo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import secrets
+import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,18 +39,21 @@ logger.add(sys.stderr, level="WARNING")
 # it is imported; nothing may dial out but the providers the user configured.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from access import AccessControl, Refusal, parse_handshake
-from client_secrets import SecretEndpoint, SecretStore, TooManySecrets, mint_for_request
+import metrics
+from access import AccessControl, Grant, Refusal, parse_handshake, session_limit
+from client_secrets import SecretEndpoint, SecretSigner, SecretTooLarge, mint_for_request
 from config import Settings, SettingsError, get_settings
 from connection import ConnectionLimits, RealtimeConnection
-from launch import GracefulStop, Launch, UvicornProbe, startup_exit_code
+from instance import Instance, forget_dead_instances, prepare_supervisor
+from launch import WORKER_HEALTHCHECK_S, GracefulStop, Launch, UvicornProbe, startup_exit_code
 from local_models import ModelError
 from mcp_client import McpLimits
+from model_server import MODEL_SERVER_VARIABLE, Endpoint, ModelServer, ModelServerFailed
 from process_memory import AllocatorTrim
-from protocol import ProtocolError, SessionKind, SessionUpdate, error_event, new_id
+from protocol import Dialect, ProtocolError, SessionKind, SessionUpdate, error_event, new_id
 from providers.errors import ConfigurationError
 from realtime_session import RealtimeSession
-from service_providers import Providers
+from service_providers import LlmServer, Providers
 from session.commands import AudioOutput
 from session.configuration import SessionDefaults
 from transport import Ending, WebSocketChannel
@@ -55,6 +62,12 @@ from wire.parsing import parse_secret_request
 
 EXIT_CONFIGURATION = 2
 EXIT_MODELS_FAILED = 3
+
+
+def configured_secret_key(settings: Settings) -> bytes | None:
+    """REALTIME_SECRET_KEY as the signing key (hashed: any length of passphrase gives a full-size key)."""
+    value = settings.secret("realtime_secret_key")
+    return hashlib.sha256(b"realtime-secret-key:" + value.encode()).digest() if value else None
 
 
 def openai_error(
@@ -110,7 +123,11 @@ class RealtimeServer:
         self, settings: Settings, on_fatal: Callable[[int], None] = exit_process, clock: Callable[[], float] = time.time
     ) -> None:
         self.settings = settings
-        self.access = AccessControl(settings.api_keys, settings.origins, SecretStore(clock))
+        self._clock = clock
+        # Until the lifespan knows the instance's boot key nothing is served; a throwaway key stands in.
+        signing_key = configured_secret_key(settings) or secrets.token_bytes(32)
+        self.access = AccessControl(settings.api_keys, settings.origins, SecretSigner(signing_key, clock))
+        self.instance: Instance | None = None
         self.defaults = session_defaults(settings)
         self.limits = ConnectionLimits(
             settings.max_event_bytes,
@@ -143,14 +160,30 @@ class RealtimeServer:
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         configure_logging(self.settings)
         try:
-            self.providers = Providers.from_settings(self.settings)
+            self.providers = Providers.from_settings(self.settings, shared_llm_server())
         except (ConfigurationError, ModelError) as exc:
             logger.error(f"Configuration error: {exc}")
             raise SystemExit(EXIT_CONFIGURATION) from None
+        await asyncio.to_thread(forget_dead_instances)
+        instance = self.instance = await asyncio.to_thread(
+            Instance.for_this_process, self.settings.max_sessions, metrics.worker_gone
+        )
+        if configured_secret_key(self.settings) is None:
+            self.access.secrets = SecretSigner(await asyncio.to_thread(instance.boot_key), self._clock)
+            logger.info(
+                "REALTIME_SECRET_KEY is not set: client secrets are signed with a key made at boot, so only this "
+                "server's processes accept them (and none after a restart); set the same key on every replica"
+            )
         logger.info(f"Providers: {self.providers.description}")
         logger.info(f"Realtime WebSocket endpoint: {self.launch.endpoint()}")
         for warning in self.launch.warnings(self.settings.max_event_bytes, self.settings.llm_provider == "local"):
             logger.warning(warning)
+        launched_workers = self.launch.config.workers if self.launch.config is not None else 1
+        if 1 < self.settings.workers != launched_workers and not os.environ.get(WORKERS_FROM_MAIN):
+            logger.warning(
+                f"WORKERS={self.settings.workers} is what `python main.py` starts; uvicorn was started with"
+                f" {launched_workers}: pass --workers {self.settings.workers} to uvicorn"
+            )
         if self.launch.config is not None:
             GracefulStop(asyncio.get_running_loop(), self.shut_down_sessions).install()
         if self.access.open:
@@ -166,6 +199,7 @@ class RealtimeServer:
         await asyncio.gather(*self._call_tasks, return_exceptions=True)
         await self.allocator.close()
         await self.providers.close()
+        instance.close()
 
     async def _load_models(self, providers: Providers) -> None:
         started = time.monotonic()
@@ -191,14 +225,20 @@ class RealtimeServer:
     # ---- routes ----------------------------------------------------------------------------------------------
 
     async def health(self) -> JSONResponse:
+        total, workers = await asyncio.to_thread(self.instance.total) if self.instance else (0, 0)
+        # A stopping server is not ready either: a load balancer's readiness check takes it out of the rotation.
+        state = "shutting_down" if self.shutting_down else "healthy" if self.ready else "loading"
         body = {
-            "status": "healthy" if self.ready else "loading",
-            "active_sessions": len(self.connections),
+            "status": state,
+            # The whole server's (every worker's): what MAX_SESSIONS limits.
+            "active_sessions": total,
+            "worker_sessions": len(self.connections),
+            "workers": workers,
             "models_ready": self.ready,
             # What a soak test watches for leaks (bench/soak.py): it stays flat while sessions come and go.
             "asyncio_tasks": len(asyncio.all_tasks()),
         }
-        return JSONResponse(body, status_code=200 if self.ready else 503)
+        return JSONResponse(body, status_code=200 if state == "healthy" else 503)
 
     async def realtime(
         self, websocket: WebSocket, model: str | None = None, intent: str | None = None, call_id: str | None = None
@@ -208,16 +248,31 @@ class RealtimeServer:
             await self.sideband(websocket, handshake.api_key, handshake.subprotocol, call_id)
             return
         decision = self.access.admit(
-            websocket.headers.get("origin"),
-            handshake.api_key,
-            open_sessions=len(self.connections),
-            max_sessions=self.settings.max_sessions,
-            shutting_down=self.shutting_down,
+            websocket.headers.get("origin"), handshake.api_key, shutting_down=self.shutting_down
         )
         if isinstance(decision, Refusal):
             await websocket.send_denial_response(refusal_response(decision))
             return
-        await websocket.accept(subprotocol=handshake.subprotocol)
+        instance = self.instance
+        if instance is None or not await asyncio.to_thread(instance.reserve):
+            await websocket.send_denial_response(refusal_response(session_limit(self.settings.max_sessions)))
+            return
+        try:
+            await self._serve(websocket, handshake.subprotocol, handshake.dialect, decision, model, intent)
+        finally:
+            instance.release()
+
+    async def _serve(
+        self,
+        websocket: WebSocket,
+        subprotocol: str | None,
+        dialect: Dialect,
+        grant: Grant,
+        model: str | None,
+        intent: str | None,
+    ) -> None:
+        await websocket.accept(subprotocol=subprotocol)
+        secret = grant.secret
         providers = self.providers
         if providers is None or not self.ready:
             waited = time.monotonic() - self.loading_since
@@ -225,11 +280,10 @@ class RealtimeServer:
             await websocket.send_json(error_event("server_error", "models_loading", message))
             await websocket.close(code=1013, reason="Models loading")
             return
-        secret = decision.secret
         kind: SessionKind = "transcription" if intent == "transcription" else "realtime"
         session = RealtimeSession(
             self.defaults,
-            handshake.dialect,
+            dialect,
             kind=secret.kind if secret is not None else kind,
             model=model or None,
             initial_update=secret.initial_update() if secret is not None else None,
@@ -239,7 +293,8 @@ class RealtimeServer:
         self.connections.add(connection)
         model_name = getattr(session.config, "model", "-")
         logger.info(
-            f"Session {session.id} opened ({handshake.dialect}, {session.kind}, model={model_name}, {decision.how})"
+            f"Session {session.id} opened ({dialect}, {session.kind}, model={model_name}, {grant.how},"
+            f" pid {os.getpid()})"
         )
         try:
             await connection.run()
@@ -255,8 +310,6 @@ class RealtimeServer:
         decision = self.access.admit(
             request.headers.get("origin"),
             parse_handshake(request.headers, []).api_key,
-            open_sessions=len(self.connections),
-            max_sessions=self.settings.max_sessions,
             shutting_down=self.shutting_down,
         )
         if isinstance(decision, Refusal):
@@ -266,6 +319,21 @@ class RealtimeServer:
             waited = time.monotonic() - self.loading_since
             message = f"The server is still loading its models ({waited:.0f}s so far): try again in a few seconds."
             return openai_error(503, message, "models_loading", "server_error")
+        instance = self.instance
+        if instance is None or not await asyncio.to_thread(instance.reserve):
+            return refusal_response(session_limit(self.settings.max_sessions))
+        started = False
+        try:
+            response, started = await self._answer_call(request, decision, providers, model)
+            return response
+        finally:
+            if not started:  # a call that does not start gives its session slot back; one that does, when it ends
+                instance.release()
+
+    async def _answer_call(
+        self, request: Request, decision: Grant, providers: Providers, model: str | None
+    ) -> tuple[Response, bool]:
+        """The SDP answer (or the error) for an offer, and whether the call started."""
         try:
             offer, update = await read_offer(request)
             secret = decision.secret
@@ -279,14 +347,14 @@ class RealtimeServer:
                 audio_output=AudioOutput.TRACK,
             )
         except ProtocolError as error:
-            return openai_error(400, error.message, error.code or "invalid_value", param=error.param)
+            return openai_error(400, error.message, error.code or "invalid_value", param=error.param), False
         except OfferError as error:
-            return openai_error(error.status, error.message, error.code, param=error.param)
+            return openai_error(error.status, error.message, error.code, param=error.param), False
         call = WebRtcCall(session, providers, self.limits, self.peer_settings)
         try:
             answer = await call.answer(offer)
         except OfferError as error:
-            return openai_error(error.status, error.message, error.code, param=error.param)
+            return openai_error(error.status, error.message, error.code, param=error.param), False
         self.calls[call.id] = call
         self.connections.add(call.connection)
         logger.info(f"Call {call.id} answered: session {session.id} ({session.kind}, {decision.how})")
@@ -294,7 +362,7 @@ class RealtimeServer:
         self._call_tasks.add(task)
         task.add_done_callback(self._call_tasks.discard)
         headers = {"Location": f"/v1/realtime/calls/{call.id}"}
-        return Response(answer, status_code=201, media_type="application/sdp", headers=headers)
+        return Response(answer, status_code=201, media_type="application/sdp", headers=headers), True
 
     async def _run_call(self, call: WebRtcCall) -> None:
         try:
@@ -302,6 +370,8 @@ class RealtimeServer:
         finally:
             self.calls.pop(call.id, None)
             self.connections.discard(call.connection)
+            if self.instance is not None:
+                self.instance.release()
             self.allocator.session_closed(open_sessions=len(self.connections))
 
     async def hangup(self, request: Request, call_id: str) -> Response:
@@ -353,8 +423,20 @@ class RealtimeServer:
             return JSONResponse(mint_for_request(body, endpoint, self.defaults, self.access.secrets))
         except ProtocolError as error:
             return openai_error(400, error.message, error.code or "invalid_value", param=error.param)
-        except TooManySecrets as exc:
-            return openai_error(429, str(exc), "rate_limit_exceeded", "rate_limit_error")
+        except SecretTooLarge as exc:
+            return openai_error(400, str(exc), "invalid_value", param="session")
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' text format (METRICS=true); with keys configured only an API key may read it."""
+        key = parse_handshake(request.headers, []).api_key
+        if not self.access.open and not self.access.may_mint(key):
+            return openai_error(
+                401, "The metrics need an API key: send it as 'Authorization: Bearer <key>'.", "invalid_api_key"
+            )
+        if self.instance is not None:
+            await asyncio.to_thread(self.instance.total)  # drops the live gauges of workers that died
+        body, content_type = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type=content_type)
 
 
 async def read_offer(request: Request) -> tuple[str, SessionUpdate | None]:
@@ -419,6 +501,8 @@ def create_app(
     app = FastAPI(title="Realtime API server", lifespan=server.lifespan)
     app.add_api_route("/health", server.health, methods=["GET"])
     app.add_api_route("/", console_page, methods=["GET"], include_in_schema=False)
+    if server.settings.metrics:
+        app.add_api_route("/metrics", server.metrics, methods=["GET"])
     app.add_api_websocket_route("/v1/realtime", server.realtime)
     app.add_api_route("/v1/realtime/calls", server.create_call, methods=["POST"])
     app.add_api_route("/v1/realtime/calls/{call_id}/hangup", server.hangup, methods=["POST"])
@@ -471,11 +555,53 @@ def checked_settings() -> Settings:
     return settings
 
 
+WORKERS_FROM_MAIN = "REALTIME_WORKERS_FROM_MAIN"  # tells the workers `python main.py` started them with WORKERS
+
+
+def shared_llm_server() -> LlmServer | None:
+    """The model server this worker's supervisor started for all its workers, if it did."""
+    announced = os.environ.get(MODEL_SERVER_VARIABLE)
+    if not announced:
+        return None
+    endpoint = Endpoint.from_json(announced)
+    return LlmServer(endpoint.base_url, endpoint.api_key, endpoint.model)
+
+
 def main() -> None:
     settings = checked_settings()
     configure_logging(settings)
+    workers = settings.workers
+    if workers > 1:
+        # The instance's folder and boot key exist before any worker starts; the workers find them by this pid.
+        folder = prepare_supervisor()
+        os.environ[WORKERS_FROM_MAIN] = "1"
+        model_server: ModelServer | None = None
+        try:
+            if settings.llm_provider == "local":
+                # One copy of the largest model for all the workers, loaded before they start.
+                logger.info(f"Loading the local LLM once, in a model server for {workers} workers")
+                try:
+                    model_server = ModelServer.start()
+                except ModelServerFailed as exc:
+                    print(f"Could not load the models: {exc}", file=sys.stderr)
+                    raise SystemExit(EXIT_MODELS_FAILED) from None
+                os.environ[MODEL_SERVER_VARIABLE] = model_server.endpoint.to_json()
+            serve(settings, "main:app", workers)
+        finally:
+            if model_server is not None:
+                model_server.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    serve(settings, create_app(settings), 1)
+
+
+def serve(settings: Settings, app: Any, workers: int) -> None:
+    """Uvicorn as `python main.py` runs it: one process serving `app`, or `workers` processes importing it."""
     config = uvicorn.Config(
-        create_app(settings),
+        app,
+        workers=workers,
+        # llama.cpp holds a worker's interpreter while it loads: uvicorn must not take that for a hung worker.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         host=settings.server_host,
         port=settings.server_port,
         # Events over MAX_EVENT_BYTES get an error event; only far larger messages make uvicorn drop the socket.
@@ -485,7 +611,12 @@ def main() -> None:
         log_level="debug" if settings.debug else settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+    if workers == 1:
+        uvicorn.Server(config).run()
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 if __name__ == "__main__":

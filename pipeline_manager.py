@@ -13,6 +13,7 @@ reached the end of the pipeline, so nothing of the cancelled response can mix wi
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Protocol
 
@@ -37,6 +38,7 @@ from session.commands import (
     Transcribe,
 )
 from turn_detection import (
+    RECEIVED_AT,
     ConfigureTurnDetectionFrame,
     ResetTurnDetectionFrame,
     TurnDetectionProcessor,
@@ -129,7 +131,9 @@ class PipelineManager:
     async def execute(self, command: Command) -> None:
         match command:
             case FeedAudio():
-                await self._worker.queue_frame(InputAudioRawFrame(command.pcm, PIPELINE_INPUT_RATE, 1))
+                frame = InputAudioRawFrame(command.pcm, PIPELINE_INPUT_RATE, 1)
+                frame.metadata[RECEIVED_AT] = time.monotonic()  # the VAD's lag is measured from here
+                await self._worker.queue_frame(frame)
             case RunResponse():
                 self._pending.append(command)
                 await self._advance()

@@ -120,6 +120,26 @@ TTS = Stage[TtsProvider](
 # --------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LlmServer:
+    """The local LLM's model server: llama.cpp's OpenAI-compatible HTTP server on loopback (`model_server.py`)."""
+
+    base_url: str
+    api_key: str
+    model: str
+
+    def client(self, settings: Settings) -> ChatClient:
+        return openai_compatible.OpenAICompatibleChat(
+            "local",
+            self.base_url,
+            self.api_key,
+            self.model,
+            settings.llm_timeout_s,
+            context_tokens=settings.local_llm_context,  # each conversation's share, as in-process
+            supports_images=False,
+        )
+
+
 @dataclass
 class Providers:
     """The providers chosen by configuration, shared by every session of the process."""
@@ -131,9 +151,11 @@ class Providers:
     description: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Providers:
+    def from_settings(cls, settings: Settings, llm_server: LlmServer | None = None) -> Providers:
+        """`llm_server`: the model server the supervisor started (LLM_PROVIDER=local with WORKERS > 1), reached
+        over loopback in place of a model of this process's own."""
         stt = STT.create(settings)
-        llm = LLM.create(settings)
+        llm = LLM.create(settings) if llm_server is None else llm_server.client(settings)
         tts = TTS.create(settings)
         description = {"stt": stt.name, "llm": llm.name, "tts": tts.name}
         return cls(stt=stt, llm=llm, tts=tts, turn_models=TurnModels(), description=description)

@@ -14,6 +14,7 @@ are milliseconds of audio received (not wall-clock time), so they are exact howe
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -27,6 +28,7 @@ from pipecat.audio.turn.smart_turn._whisper_features import compute_whisper_log_
 from pipecat.frames.frames import Frame, InputAudioRawFrame, SystemFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from metrics import VAD_LAG
 from session.configuration import SemanticVadConfig, TurnDetectionConfig
 
 SAMPLE_RATE = 16_000
@@ -363,6 +365,10 @@ class ResetTurnDetectionFrame(SystemFrame):
     """The input buffer was cleared: drop any turn in progress."""
 
 
+# The metadata key of an audio frame's arrival time (`time.monotonic()`), set where the frame is made.
+RECEIVED_AT = "received_at"
+
+
 class TurnPort(Protocol):
     async def on_turn_events(self, events: list[TurnEvent], analysed_ms: float) -> None: ...
 
@@ -382,6 +388,9 @@ class TurnDetectionProcessor(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame):
             events = await self._detector.feed(frame.audio)
+            received_at = frame.metadata.get(RECEIVED_AT)
+            if received_at is not None:
+                VAD_LAG.observe(time.monotonic() - received_at)
             await self._port.on_turn_events(events, self._detector.position_ms)
         elif isinstance(frame, ConfigureTurnDetectionFrame):
             self._detector.configure(frame.settings)

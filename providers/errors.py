@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 
+from metrics import PROVIDER_FAILURES
 from session.commands import ProviderFailure
 
 # The `error` event's code when a reply's language has no voice (documented in the README's errors section).
@@ -105,6 +106,12 @@ def provider_failure(stage: str, provider: str, exc: BaseException, secrets: lis
 
     `stage` is "STT", "LLM" or "TTS"; `provider` the configured provider's name. Anything that is not one of our
     exceptions (a bug, a Pipecat-internal error) is a generic `provider_error` quoting its message."""
+    failure = _failure(stage, provider, exc, secrets)
+    PROVIDER_FAILURES.labels(stage, failure.code).inc()
+    return failure
+
+
+def _failure(stage: str, provider: str, exc: BaseException, secrets: list[str]) -> ProviderFailure:
     if isinstance(exc, ProviderStatusError):
         return _status_failure(stage, provider, exc.status, redact(exc.detail, secrets))
     # A bare `TimeoutError` is Python's own word for the same thing (asyncio.timeout raises it).

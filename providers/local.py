@@ -101,6 +101,15 @@ class LocalChat:
         }
         await asyncio.gather(*(self._drain(primer) for _ in range(self._llm.max_concurrent)))
 
+    def http_endpoint(self) -> tuple[str, str]:
+        if self._llm is None:
+            raise RuntimeError("the local LLM is not loaded")
+        return self._llm.http_endpoint()
+
+    @property
+    def model_name(self) -> str:
+        return self.model_path.stem
+
     async def _drain(self, request: dict[str, Any]) -> None:
         assert self._llm is not None
         async for _ in self._llm.stream(request):

@@ -60,7 +60,8 @@ async def test_beta_header_selects_beta(server: RunningServer) -> None:
 def test_health_and_startup_banner(server: RunningServer) -> None:
     health = server.health()
     assert health.pop("asyncio_tasks") > 0
-    assert health == {"status": "healthy", "active_sessions": 0, "models_ready": True}
+    expected = {"status": "healthy", "active_sessions": 0, "worker_sessions": 0, "workers": 1, "models_ready": True}
+    assert health == expected
     assert f"Realtime WebSocket endpoint: ws://127.0.0.1:{server.port}/v1/realtime" in server.log()
 
 

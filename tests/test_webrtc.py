@@ -266,6 +266,30 @@ async def wait_for_sessions(server: RunningServer, count: int, timeout_s: float 
         await asyncio.sleep(0.2)
 
 
+async def test_calls_count_towards_max_sessions(server_factory: Any) -> None:
+    """A call holds one of the instance's MAX_SESSIONS places like a WebSocket session: the next offer is refused
+    with 503, refused offers take no place, and the place comes back when the call ends."""
+    server = server_factory(MAX_SESSIONS="1")
+    client, _ = await open_call(server, fake=None)  # type: ignore[arg-type]
+    second = WebRtcTestClient(server.base_url)
+    try:
+        async with httpx.AsyncClient() as http:
+            refused = await http.post(
+                f"{server.base_url}/v1/realtime/calls",
+                content=await second.offer(),
+                headers={"Content-Type": "application/sdp"},
+            )
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "too_many_sessions"
+        assert (await asyncio.to_thread(server.health))["active_sessions"] == 1
+    finally:
+        await second.close()
+        await client.close()
+    assert (await wait_for_sessions(server, 0))["active_sessions"] == 0
+    client, _ = await open_call(server, fake=None)  # type: ignore[arg-type]
+    await client.close()
+
+
 async def test_a_vanished_peer_ends_its_session(server: RunningServer, fake: FakeOpenAI) -> None:
     """A closed tab (the peer connection closes) and a lost peer (its media stops without a word) both end the
     call's session within seconds, and leave no task behind."""
