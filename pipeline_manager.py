@@ -8,12 +8,17 @@ The pipeline generates one response at a time: responses created while another i
 response next to the in-band one) wait in order. Cancelling the running response sends an `InterruptionFrame`,
 which stops the LLM request and drops the TTS work in flight; the next response starts once that interruption has
 reached the end of the pipeline, so nothing of the cancelled response can mix with the next one.
+
+A preemptive response (`PreemptResponse`, started on a paused turn's speculative transcript) runs like any other;
+the session core holds back what it produces. When it is discarded (`EndPreemption`) it is cancelled like one, and
+counted in `PREEMPTIONS`, this process's tally of preemptive responses started, adopted and discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from loguru import logger
@@ -31,7 +36,10 @@ from session.commands import (
     CancelResponse,
     Command,
     ConfigureTurnDetection,
+    EndPreemption,
     FeedAudio,
+    PreemptionEnd,
+    PreemptResponse,
     ResetTurnDetection,
     RunResponse,
     Transcribe,
@@ -49,6 +57,22 @@ class PipelinePort(TurnPort, TranscriptionPort, Protocol):
     """What the pipeline's stages report to the connection."""
 
 
+@dataclass
+class PreemptionTally:
+    """Preemptive responses of this process: started, adopted as the turn's reply, and discarded (by why). A
+    discarded attempt cost an LLM request (and some TTS) that nobody hears: with a paid provider, money."""
+
+    started: int = 0
+    adopted: int = 0
+    discarded: Counter[PreemptionEnd] = field(default_factory=Counter)
+
+    @property
+    def discarded_total(self) -> int:
+        return sum(self.discarded.values())
+
+
+PREEMPTIONS = PreemptionTally()
+
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 
@@ -65,6 +89,7 @@ class PipelineManager:
         session_id: str,
     ) -> None:
         self._providers = providers
+        self._session_id = session_id
         self._tts = providers.create_tts(session_id)
         self._pipeline = Pipeline(
             [
@@ -133,6 +158,12 @@ class PipelineManager:
             case RunResponse():
                 self._pending.append(command)
                 await self._advance()
+            case PreemptResponse():
+                PREEMPTIONS.started += 1
+                self._pending.append(command.run)
+                await self._advance()
+            case EndPreemption():
+                await self._end_preemption(command)
             case CancelResponse():
                 await self.cancel(command.response_id)
             case Transcribe():
@@ -143,6 +174,17 @@ class PipelineManager:
                 )
             case ResetTurnDetection():
                 await self._worker.queue_frame(ResetTurnDetectionFrame())
+
+    async def _end_preemption(self, command: EndPreemption) -> None:
+        if command.end is PreemptionEnd.ADOPTED:
+            PREEMPTIONS.adopted += 1
+            return
+        PREEMPTIONS.discarded[command.end] += 1
+        logger.info(
+            f"Session {self._session_id}: preemptive response discarded ({command.end.value}); in this process "
+            f"{PREEMPTIONS.discarded_total} discarded, {PREEMPTIONS.adopted} adopted of {PREEMPTIONS.started}"
+        )
+        await self.cancel(command.response_id)
 
     async def cancel(self, response_id: str) -> None:
         if response_id == self._current:

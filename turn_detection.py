@@ -203,6 +203,7 @@ class TurnSettings:
 class TurnEventKind(Enum):
     SPEECH_STARTED = "speech_started"
     SPEECH_PAUSED = "speech_paused"
+    SPEECH_RESUMED = "speech_resumed"  # speech again after a pause, in the same turn
     SPEECH_STOPPED = "speech_stopped"
 
 
@@ -295,7 +296,9 @@ class TurnDetector:
             # Silero scores a window as a whole: the speech in it ends, on average, halfway through.
             self._speech_end_ms = start_ms + WINDOW_MS / 2
             self._next_semantic_check_ms = SEMANTIC_FIRST_CHECK_MS
-            self._paused = False
+            if self._paused:
+                self._paused = False
+                return TurnEvent(TurnEventKind.SPEECH_RESUMED, self._speech_end_ms)
             return None
         end_ms = start_ms + WINDOW_MS
         silence_ms = end_ms - self._speech_end_ms
