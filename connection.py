@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+import orjson
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame
 
@@ -30,7 +31,7 @@ from providers.base import Transcript
 from providers.errors import ProviderError, provider_failure
 from realtime_session import RealtimeSession
 from service_providers import Providers
-from session.commands import CallMcpTool, CancelResponse, ListMcpTools, McpCallError, ProviderFailure
+from session.commands import CallMcpTool, CancelResponse, FeedAudio, ListMcpTools, McpCallError, ProviderFailure
 from transport import Ending, EventChannel, RealtimeInputProcessor, RealtimeOutputProcessor
 from turn_detection import TurnEvent, TurnEventKind
 
@@ -46,6 +47,15 @@ class ConnectionState(Enum):
     OPEN = "open"
     ENDING = "ending"
     CLOSED = "closed"
+
+
+def _dumps(event: JsonDict) -> str:
+    """An event as compact JSON text: orjson (several times faster; every audio delta goes through here), or the
+    standard library for what orjson does not encode (integers past 64 bits)."""
+    try:
+        return orjson.dumps(event).decode()
+    except TypeError:
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
 class RealtimeConnection:
@@ -159,18 +169,26 @@ class RealtimeConnection:
         """Sends the session's pending events and hands its pending commands to the pipeline."""
         for event in self.session.take_events():
             self._send(event)
+        audio: list[FeedAudio] = []
         for command in self.session.take_commands():
+            if isinstance(command, FeedAudio):
+                audio.append(command)
+                continue
             if isinstance(command, ListMcpTools | CallMcpTool):
                 await self.mcp.execute(command)
                 continue
             if isinstance(command, CancelResponse):
                 await self.mcp.execute(command)
             await self.pipeline.execute(command)
+        # Audio is analysed last: the turn events it leads to make commands (and a pump) of their own, which must
+        # come after the ones the same client event made.
+        for command in audio:
+            await self.pipeline.execute(command)
 
     def _send(self, event: JsonDict) -> None:
         if self.state is not ConnectionState.OPEN:
             return
-        if not self.channel.send(json.dumps(event, ensure_ascii=False, separators=(",", ":"))):
+        if not self.channel.send(_dumps(event)):
             # The client stopped reading: end the connection rather than buffer without bound.
             self.state, self.ending = ConnectionState.ENDING, Ending.STOPPED_READING
             task = asyncio.create_task(self._close_channel())

@@ -1,8 +1,10 @@
 """Builds and runs one session's Pipecat pipeline, and schedules the session's responses through it.
 
-    transport input → turn detection (Silero / Smart Turn) → STT → LLM → TTS → transport output
+    transport input → STT → LLM → TTS → transport output
 
-Input audio ends at turn detection; committed turns are transcribed by the STT stage in tasks of their own.
+Input audio does not enter the pipeline: the session's `TurnDetector` (Silero / Smart Turn) is fed each chunk
+directly, and reports turn events to the port; committed turns are transcribed by the STT stage in tasks of their
+own.
 
 The pipeline generates one response at a time: responses created while another is running (an out-of-band
 response next to the in-band one) wait in order. Cancelling the running response sends an `InterruptionFrame`,
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from loguru import logger
-from pipecat.frames.frames import InputAudioRawFrame, InterruptionFrame, TTSUpdateSettingsFrame
+from pipecat.frames.frames import InterruptionFrame, TTSUpdateSettingsFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
@@ -44,13 +46,7 @@ from session.commands import (
     RunResponse,
     Transcribe,
 )
-from turn_detection import (
-    ConfigureTurnDetectionFrame,
-    ResetTurnDetectionFrame,
-    TurnDetectionProcessor,
-    TurnPort,
-    TurnSettings,
-)
+from turn_detection import TurnDetector, TurnPort, TurnSettings
 
 
 class PipelinePort(TurnPort, TranscriptionPort, Protocol):
@@ -90,11 +86,12 @@ class PipelineManager:
     ) -> None:
         self._providers = providers
         self._session_id = session_id
+        self._port = port
+        self._detector = TurnDetector(providers.turn_models, settings=None)
         self._tts = providers.create_tts(session_id)
         self._pipeline = Pipeline(
             [
                 input_processor,
-                TurnDetectionProcessor(providers.turn_models, port, settings=None),
                 providers.create_stt(port),
                 providers.create_llm(),
                 self._tts,
@@ -154,7 +151,7 @@ class PipelineManager:
     async def execute(self, command: Command) -> None:
         match command:
             case FeedAudio():
-                await self._worker.queue_frame(InputAudioRawFrame(command.pcm, PIPELINE_INPUT_RATE, 1))
+                await self._analyse(command.pcm)
             case RunResponse():
                 self._pending.append(command)
                 await self._advance()
@@ -169,11 +166,18 @@ class PipelineManager:
             case Transcribe():
                 await self._worker.queue_frame(TranscribeFrame(command))
             case ConfigureTurnDetection():
-                await self._worker.queue_frame(
-                    ConfigureTurnDetectionFrame(TurnSettings.from_config(command.turn_detection))
-                )
+                self._detector.configure(TurnSettings.from_config(command.turn_detection))
             case ResetTurnDetection():
-                await self._worker.queue_frame(ResetTurnDetectionFrame())
+                self._detector.reset()
+
+    async def _analyse(self, pcm: bytes) -> None:
+        """Turn detection on one chunk. The connection feeds chunks one at a time, in order (calls never overlap)."""
+        try:
+            events = await self._detector.feed(pcm)
+        except Exception:  # a model failure costs this chunk's analysis, not the session
+            logger.exception(f"Session {self._session_id}: turn detection failed on a chunk")
+            return
+        await self._port.on_turn_events(events, self._detector.position_ms)
 
     async def _end_preemption(self, command: EndPreemption) -> None:
         if command.end is PreemptionEnd.ADOPTED:

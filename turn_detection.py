@@ -8,7 +8,9 @@ of each session, which cost more than the inference itself.
 
 `TurnDetector` is one session's detector: it is fed PCM16 mono 16 kHz audio and returns turn events whose positions
 are milliseconds of audio received (not wall-clock time), so they are exact however the audio was paced.
-`TurnDetectionProcessor` runs it in the session's Pipecat pipeline, in a worker thread.
+`pipeline_manager.PipelineManager` feeds it each chunk as the chunk arrives, outside the Pipecat pipeline: audio
+goes nowhere else, and the pipeline's frame hops (queues and tasks per processor) cost more per chunk than the rest
+of the input path together.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ import numpy as np
 import onnxruntime
 from loguru import logger
 from pipecat.audio.turn.smart_turn._whisper_features import compute_whisper_log_mel_features
-from pipecat.frames.frames import Frame, InputAudioRawFrame, SystemFrame
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from session.configuration import SemanticVadConfig, TurnDetectionConfig
 
@@ -349,49 +349,8 @@ class TurnDetector:
             self._windows_since_reset = 0
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The pipeline stage
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ConfigureTurnDetectionFrame(SystemFrame):
-    """New `turn_detection` settings (None: detection off). A system frame, so it stays in order with audio."""
-
-    settings: TurnSettings | None
-
-
-@dataclass
-class ResetTurnDetectionFrame(SystemFrame):
-    """The input buffer was cleared: drop any turn in progress."""
-
-
 class TurnPort(Protocol):
     async def on_turn_events(self, events: list[TurnEvent], analysed_ms: float) -> None: ...
-
-
-class TurnDetectionProcessor(FrameProcessor):
-    """Runs the session's `TurnDetector` on the input audio in the shared thread pool and reports what it finds.
-
-    Input audio ends here: nothing downstream needs it (transcription works on committed turns)."""
-
-    def __init__(self, models: TurnModels, port: TurnPort, settings: TurnSettings | None) -> None:
-        super().__init__(name="turn-detection")
-        self._models = models
-        self._port = port
-        self._detector = TurnDetector(models, settings)
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, InputAudioRawFrame):
-            events = await self._detector.feed(frame.audio)
-            await self._port.on_turn_events(events, self._detector.position_ms)
-        elif isinstance(frame, ConfigureTurnDetectionFrame):
-            self._detector.configure(frame.settings)
-        elif isinstance(frame, ResetTurnDetectionFrame):
-            self._detector.reset()
-        else:
-            await self.push_frame(frame, direction)
 
 
 def log_models_loaded(models: TurnModels, seconds: float) -> None:
