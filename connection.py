@@ -219,6 +219,8 @@ class RealtimeConnection:
                 self.session.on_speech_paused(event.at_ms)
             elif event.kind is TurnEventKind.SPEECH_RESUMED:
                 self.session.on_speech_resumed()
+            elif event.kind is TurnEventKind.LIKELY_COMPLETE:
+                self.session.on_turn_likely_complete()
             else:
                 self.session.on_speech_stopped(event.at_ms, event.speech_end_ms)
         self.session.on_audio_analysed(analysed_ms)

@@ -354,6 +354,11 @@ class RealtimeSession:
         self._input.on_speech_resumed()
         self._responses.discard_preemption(PreemptionEnd.SPEECH_RESUMED)
 
+    def on_turn_likely_complete(self) -> None:
+        """Semantic VAD: the turn model thinks the pause may be the turn's end: its reply may start early."""
+        self._input.on_turn_likely_complete()
+        self._preempt()
+
     def on_speech_stopped(self, end_ms: float, speech_end_ms: float | None = None) -> None:
         """The VAD judged the turn over at `end_ms`: it is committed, and answered if so configured."""
         detection = self.config.input.turn_detection

@@ -46,6 +46,8 @@ SEMANTIC_MAX_WAIT_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
 # After this much silence the turn's audio so far is worth transcribing: if the turn does end, its transcript is
 # (nearly) ready when it does, instead of starting then.
 PAUSE_MS = 200
+# Semantic VAD: a turn this likely complete (Smart Turn), though not enough to end it (0.5), is worth answering early.
+PREEMPT_PROBABILITY = 0.2
 _SEMANTIC_AUDIO_S = 8
 
 
@@ -204,6 +206,7 @@ class TurnEventKind(Enum):
     SPEECH_STARTED = "speech_started"
     SPEECH_PAUSED = "speech_paused"
     SPEECH_RESUMED = "speech_resumed"  # speech again after a pause, in the same turn
+    LIKELY_COMPLETE = "likely_complete"  # semantic VAD: the turn model thinks the pause may be the end
     SPEECH_STOPPED = "speech_stopped"
 
 
@@ -323,6 +326,8 @@ class TurnDetector:
             )
             if probability > 0.5:
                 return self._stop(end_ms)
+            if probability >= PREEMPT_PROBABILITY:
+                return TurnEvent(TurnEventKind.LIKELY_COMPLETE, end_ms, self._speech_end_ms)
         return None
 
     def _stop(self, end_ms: float) -> TurnEvent:

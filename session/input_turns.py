@@ -23,7 +23,7 @@ from enum import Enum
 from audio_utils import AudioFormat, InvalidAudio, decode_base64
 from protocol import MAX_APPEND_AUDIO_BYTES, MIN_COMMIT_MS, JsonDict, ProtocolError, ServerEvent, new_id
 from session.commands import ConfigureTurnDetection, FeedAudio, ProviderFailure, ResetTurnDetection, Transcribe
-from session.configuration import InputAudioConfig, ServerVadConfig
+from session.configuration import InputAudioConfig, SemanticVadConfig, ServerVadConfig
 from session.conversation import Conversation, StoredItem
 from session.input_buffer import InputAudioBuffer, to_pipeline_pcm
 from session.outbox import Outbox
@@ -49,6 +49,7 @@ class _Speculation:
     failure: ProviderFailure | None = None
     done: bool = False
     deltas: list[str] = field(default_factory=list)  # streamed words, sent only if the speculation is adopted
+    likely_complete: bool = False  # semantic VAD: the turn model thought the turn may end at this pause
 
 
 @dataclass
@@ -232,11 +233,20 @@ class InputTurns:
         if isinstance(self._phase, _Speaking):
             self._phase.speculation = None
 
+    def on_turn_likely_complete(self) -> None:
+        """Semantic VAD: the turn model judged the turn likely (not surely) complete at the current pause."""
+        speculation = self._speculation()
+        if speculation is not None:
+            speculation.likely_complete = True
+
     def speculative_turn(self) -> JsonDict | None:
         """The user item the turn in progress would become, transcribed, if it ended at the pause its finished
-        speculation was made at; None without one (or if it failed)."""
+        speculation was made at; None without one (or if it failed). Under semantic VAD only once the turn model
+        has judged that pause a likely end (every short pause is not worth a reply)."""
         speculation = self._speculation()
         if speculation is None or not speculation.done or speculation.transcript is None:
+            return None
+        if isinstance(self._config.turn_detection, SemanticVadConfig) and not speculation.likely_complete:
             return None
         return _user_item(self._item_id, speculation.transcript)
 

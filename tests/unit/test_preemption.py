@@ -220,8 +220,24 @@ def test_nothing_preemptive_while_a_response_runs() -> None:
     assert not [c for c in pause(rt, 900) if isinstance(c, PreemptResponse)]
 
 
-def test_semantic_vad_preempts_too() -> None:
+def test_semantic_vad_preempts_once_the_turn_model_thinks_the_turn_may_be_over() -> None:
     rt = make_session(audio={"input": {"turn_detection": {"type": "semantic_vad"}}})
     rt.on_speech_started(100)
-    (preempt,) = pause(rt, 900)
+    assert pause(rt, 900) == []  # a pause alone is not enough under semantic VAD
+    rt.on_turn_likely_complete()
+    (preempt,) = rt.take_commands()
+    assert isinstance(preempt, PreemptResponse)
+    rt.on_speech_stopped(2000, 900)
+    assert rt.take_commands() == [EndPreemption(preempt.run.response_id, PreemptionEnd.ADOPTED)]
+
+
+def test_semantic_vad_likely_end_before_the_transcript_preempts_when_it_comes() -> None:
+    rt = make_session(audio={"input": {"turn_detection": {"type": "semantic_vad"}}})
+    rt.on_speech_started(100)
+    rt.on_speech_paused(900)
+    (request,) = [c for c in rt.take_commands() if isinstance(c, Transcribe)]
+    rt.on_turn_likely_complete()
+    assert rt.take_commands() == []
+    rt.on_transcription_completed(request.request_id, SPOKEN)
+    (preempt,) = rt.take_commands()
     assert isinstance(preempt, PreemptResponse)
