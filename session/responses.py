@@ -233,7 +233,12 @@ class ResponseStream:
             raise
         if preemption is not None and answers_turn is not None and self._adopt(response, preemption, answers_turn):
             return response.id
-        self._end_preemption(preemption, PreemptionEnd.CONTEXT_CHANGED if answers_turn else PreemptionEnd.CLIENT_EVENT)
+        if preemption is not None and preemption.state is PreemptionState.FAILED:
+            self._end_preemption(preemption, PreemptionEnd.FAILED)
+        else:
+            self._end_preemption(
+                preemption, PreemptionEnd.CONTEXT_CHANGED if answers_turn else PreemptionEnd.CLIENT_EVENT
+            )
         self._register(response)
         return response.id
 

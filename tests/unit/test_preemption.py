@@ -200,8 +200,9 @@ def test_a_failed_preemptive_reply_is_run_again() -> None:
     events = drain(rt)
     assert "error" not in [e["type"] for e in events]
     commands = rt.take_commands()
-    assert EndPreemption(preempt.run.response_id, PreemptionEnd.CONTEXT_CHANGED) in commands
-    assert [c.response_id for c in commands if isinstance(c, RunResponse)] != [preempt.run.response_id]
+    assert EndPreemption(preempt.run.response_id, PreemptionEnd.FAILED) in commands
+    (run,) = [c for c in commands if isinstance(c, RunResponse)]
+    assert run.response_id != preempt.run.response_id
 
 
 def test_nothing_preemptive_without_create_response_or_when_turned_off() -> None:
