@@ -8,7 +8,6 @@ Rates are converted with soxr's streaming resampler (no clicks at chunk boundari
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import warnings
@@ -18,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
+import pybase64
 import soxr
 
 with warnings.catch_warnings():
@@ -62,13 +62,14 @@ class InvalidAudio(ValueError):
 
 def decode_base64(data: str) -> bytes:
     try:
-        return base64.b64decode(data, validate=True)
+        # pybase64 (SIMD) decodes what the standard library does, several times faster: this runs on every append.
+        return pybase64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidAudio("The audio is not valid base64.") from None
 
 
 def encode_base64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return pybase64.b64encode(data).decode("ascii")
 
 
 def resample(pcm: bytes, in_rate: int, out_rate: int) -> bytes:

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SttProvider = Literal["local_whisper", "openai_whisper", "deepgram", "siliconflow"]
 LlmProvider = Literal["local", "openai", "ollama", "siliconflow"]
 TtsProvider = Literal["piper", "openai_tts", "edge_tts", "elevenlabs", "siliconflow", "zh_fastspeech"]
+# LLM providers whose requests cost nothing per token: `PREEMPTIVE_RESPONSES=auto` turns preemption on for them.
+UNBILLED_LLM_PROVIDERS = frozenset({"local", "ollama"})
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, friendly voice assistant. Your replies are spoken aloud, so keep them short and "
@@ -159,6 +161,13 @@ class Settings(BaseSettings):
     vad_threshold: float = Field(0.5, ge=0.0, le=1.0)
     vad_silence_duration_ms: int = Field(500, ge=0)
     vad_prefix_padding_ms: int = Field(300, ge=0)
+    preemptive_responses: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Start the reply's LLM and TTS during the silence window, on the speculative transcript, and "
+        "send it only if the turn ends there (discarded invisibly otherwise). auto: on for the LLM providers that do "
+        "not bill per token (local, ollama), off for those that do (openai, siliconflow): a discarded attempt costs "
+        "tokens",
+    )
 
     # --- access -------------------------------------------------------------------------------------
     realtime_api_keys: SecretStr = Field(
@@ -233,6 +242,13 @@ class Settings(BaseSettings):
     @property
     def mcp_hosts(self) -> tuple[str, ...]:
         return tuple(host.strip().lower() for host in self.mcp_allowed_hosts.split(",") if host.strip())
+
+    @property
+    def preemptive(self) -> bool:
+        """Whether sessions start replies preemptively (`PREEMPTIVE_RESPONSES`, auto resolved by the LLM provider)."""
+        if self.preemptive_responses == "auto":
+            return self.llm_provider in UNBILLED_LLM_PROVIDERS
+        return self.preemptive_responses == "on"
 
     def secret(self, name: str) -> str | None:
         value = getattr(self, name)

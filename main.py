@@ -95,6 +95,7 @@ def session_defaults(settings: Settings) -> SessionDefaults:
         lifetime_s=settings.session_max_duration_s,
         max_retained_audio_ms=settings.max_retained_audio_s * 1000,
         mcp_allowed_hosts=settings.mcp_hosts,
+        preemptive_responses=settings.preemptive,
     )
 
 

@@ -51,6 +51,11 @@ RESPONSE_TO_FIRST_DELTA = Histogram(
     "From response.created (sent as the server takes response.create or commits a turn) to its first delta",
     buckets=LATENCY_BUCKETS_S,
 )
+PREEMPTIVE_RESPONSES = Counter(
+    "realtime_preemptive_responses",
+    "Preemptive responses (started on a paused turn's speculative transcript): started, adopted, or discarded by why",
+    ["outcome"],
+)
 VAD_LAG = Histogram(
     "realtime_vad_lag_seconds",
     "From an audio chunk's arrival to the end of its analysis by the server VAD",

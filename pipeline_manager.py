@@ -1,30 +1,38 @@
 """Builds and runs one session's Pipecat pipeline, and schedules the session's responses through it.
 
-    transport input → turn detection (Silero / Smart Turn) → STT → LLM → TTS → transport output
+    transport input → STT → LLM → TTS → transport output
 
-Input audio ends at turn detection; committed turns are transcribed by the STT stage in tasks of their own.
+Input audio does not enter the pipeline: the session's `TurnDetector` (Silero / Smart Turn) is fed each chunk
+directly, and reports turn events to the port; committed turns are transcribed by the STT stage in tasks of their
+own.
 
 The pipeline generates one response at a time: responses created while another is running (an out-of-band
 response next to the in-band one) wait in order. Cancelling the running response sends an `InterruptionFrame`,
 which stops the LLM request and drops the TTS work in flight; the next response starts once that interruption has
 reached the end of the pipeline, so nothing of the cancelled response can mix with the next one.
+
+A preemptive response (`PreemptResponse`, started on a paused turn's speculative transcript) runs like any other;
+the session core holds back what it produces. When it is discarded (`EndPreemption`) it is cancelled like one, and
+counted in `PREEMPTIONS`, this process's tally of preemptive responses started, adopted and discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from loguru import logger
-from pipecat.frames.frames import InputAudioRawFrame, InterruptionFrame, TTSUpdateSettingsFrame
+from pipecat.frames.frames import InterruptionFrame, TTSUpdateSettingsFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from audio_utils import PIPELINE_INPUT_RATE, PIPELINE_OUTPUT_RATE
+from metrics import PREEMPTIVE_RESPONSES, VAD_LAG
 from pipeline_frames import ResponseRequestFrame, TranscribeFrame
 from pipeline_stages import TranscriptionPort
 from service_providers import Providers
@@ -32,24 +40,36 @@ from session.commands import (
     CancelResponse,
     Command,
     ConfigureTurnDetection,
+    EndPreemption,
     FeedAudio,
+    PreemptionEnd,
+    PreemptResponse,
     ResetTurnDetection,
     RunResponse,
     Transcribe,
 )
-from turn_detection import (
-    RECEIVED_AT,
-    ConfigureTurnDetectionFrame,
-    ResetTurnDetectionFrame,
-    TurnDetectionProcessor,
-    TurnPort,
-    TurnSettings,
-)
+from turn_detection import TurnDetector, TurnPort, TurnSettings
 
 
 class PipelinePort(TurnPort, TranscriptionPort, Protocol):
     """What the pipeline's stages report to the connection."""
 
+
+@dataclass
+class PreemptionTally:
+    """Preemptive responses of this process: started, adopted as the turn's reply, and discarded (by why). A
+    discarded attempt cost an LLM request (and some TTS) that nobody hears: with a paid provider, money."""
+
+    started: int = 0
+    adopted: int = 0
+    discarded: Counter[PreemptionEnd] = field(default_factory=Counter)
+
+    @property
+    def discarded_total(self) -> int:
+        return sum(self.discarded.values())
+
+
+PREEMPTIONS = PreemptionTally()
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -67,11 +87,13 @@ class PipelineManager:
         session_id: str,
     ) -> None:
         self._providers = providers
+        self._session_id = session_id
+        self._port = port
+        self._detector = TurnDetector(providers.turn_models, settings=None)
         self._tts = providers.create_tts(session_id)
         self._pipeline = Pipeline(
             [
                 input_processor,
-                TurnDetectionProcessor(providers.turn_models, port, settings=None),
                 providers.create_stt(port),
                 providers.create_llm(),
                 self._tts,
@@ -131,22 +153,48 @@ class PipelineManager:
     async def execute(self, command: Command) -> None:
         match command:
             case FeedAudio():
-                frame = InputAudioRawFrame(command.pcm, PIPELINE_INPUT_RATE, 1)
-                frame.metadata[RECEIVED_AT] = time.monotonic()  # the VAD's lag is measured from here
-                await self._worker.queue_frame(frame)
+                received_at = time.monotonic()  # the VAD's lag is measured from here
+                await self._analyse(command.pcm)
+                VAD_LAG.observe(time.monotonic() - received_at)
             case RunResponse():
                 self._pending.append(command)
                 await self._advance()
+            case PreemptResponse():
+                PREEMPTIONS.started += 1
+                PREEMPTIVE_RESPONSES.labels("started").inc()
+                self._pending.append(command.run)
+                await self._advance()
+            case EndPreemption():
+                await self._end_preemption(command)
             case CancelResponse():
                 await self.cancel(command.response_id)
             case Transcribe():
                 await self._worker.queue_frame(TranscribeFrame(command))
             case ConfigureTurnDetection():
-                await self._worker.queue_frame(
-                    ConfigureTurnDetectionFrame(TurnSettings.from_config(command.turn_detection))
-                )
+                self._detector.configure(TurnSettings.from_config(command.turn_detection))
             case ResetTurnDetection():
-                await self._worker.queue_frame(ResetTurnDetectionFrame())
+                self._detector.reset()
+
+    async def _analyse(self, pcm: bytes) -> None:
+        """Turn detection on one chunk. The connection feeds chunks one at a time, in order (calls never overlap)."""
+        try:
+            events = await self._detector.feed(pcm)
+        except Exception:  # a model failure costs this chunk's analysis, not the session
+            logger.exception(f"Session {self._session_id}: turn detection failed on a chunk")
+            return
+        await self._port.on_turn_events(events, self._detector.position_ms)
+
+    async def _end_preemption(self, command: EndPreemption) -> None:
+        PREEMPTIVE_RESPONSES.labels(command.end.value).inc()
+        if command.end is PreemptionEnd.ADOPTED:
+            PREEMPTIONS.adopted += 1
+            return
+        PREEMPTIONS.discarded[command.end] += 1
+        logger.info(
+            f"Session {self._session_id}: preemptive response discarded ({command.end.value}); in this process "
+            f"{PREEMPTIONS.discarded_total} discarded, {PREEMPTIONS.adopted} adopted of {PREEMPTIONS.started}"
+        )
+        await self.cancel(command.response_id)
 
     async def cancel(self, response_id: str) -> None:
         if response_id == self._current:

@@ -44,7 +44,7 @@ from protocol import (
     error_event,
     new_id,
 )
-from session.commands import AudioOutput, Command, McpCallError, ProviderFailure, Usage
+from session.commands import AudioOutput, Command, McpCallError, PreemptionEnd, ProviderFailure, Usage
 from session.configuration import RealtimeConfig, SessionConfig, SessionDefaults, as_wire, new_session_config
 from session.conversation import ROOT, Conversation, SpokenSegment, StoredItem, heard_text
 from session.input_turns import InputTurns
@@ -157,6 +157,9 @@ class RealtimeSession:
         self._outbox.emit_event(error.to_event())
 
     def _dispatch(self, command: ClientCommand) -> None:
+        if not isinstance(command, AudioAppend | ItemRetrieve | ResponseCancel | OutputAudioClear):
+            # The session, the conversation or the input changes: a reply started early may not be the one due.
+            self._responses.discard_preemption(PreemptionEnd.CLIENT_EVENT)
         match command:
             case SessionUpdate():
                 self._session_update(command)
@@ -329,8 +332,10 @@ class RealtimeSession:
         self._release_responses()
         if not answer:
             return
-        if self._responses.in_band_id is None:
-            self.create_response()
+        if self._responses.in_band_id is None and isinstance(self.config, RealtimeConfig):
+            # The server's reply to the turn: a preemptive response started for it is adopted if it stands.
+            self._responses.create({}, self.config, answers_turn=self._input.is_transcribing)
+            self._release_responses()
         else:
             self._answer_when_idle = True
 
@@ -393,13 +398,26 @@ class RealtimeSession:
         self._output.on_cleared(played)
 
     def on_speech_paused(self, speech_end_ms: float) -> None:
+        self._responses.discard_preemption(PreemptionEnd.SPEECH_RESUMED)
         self._input.on_speech_paused(speech_end_ms)
+
+    def on_speech_resumed(self) -> None:
+        """The speaker went on after a pause: what was started on the speculation made at it is dropped."""
+        self._input.on_speech_resumed()
+        self._responses.discard_preemption(PreemptionEnd.SPEECH_RESUMED)
+
+    def on_turn_likely_complete(self) -> None:
+        """Semantic VAD: the turn model thinks the pause may be the turn's end: its reply may start early."""
+        self._input.on_turn_likely_complete()
+        self._preempt()
 
     def on_speech_stopped(self, end_ms: float, speech_end_ms: float | None = None) -> None:
         """The VAD judged the turn over at `end_ms`: it is committed, and answered if so configured."""
         detection = self.config.input.turn_detection
         if self._input.on_speech_stopped(end_ms, speech_end_ms) and detection is not None:
             self._turn_ended(answer=self.kind == "realtime" and detection.create_response)
+        # Whatever was started early and not adopted by now is not this turn's reply.
+        self._responses.discard_preemption(PreemptionEnd.SPEECH_RESUMED)
 
     def on_transcription_delta(self, request_id: str, delta: str) -> None:
         self._input.on_transcription_delta(request_id, delta)
@@ -407,6 +425,23 @@ class RealtimeSession:
     def on_transcription_completed(self, request_id: str, transcript: str) -> None:
         if self._input.on_transcription_done(request_id, transcript, None):
             self._release_responses()
+        self._preempt()
+
+    def _preempt(self) -> None:
+        """If the turn in progress has a speculative transcript and would be answered when it ends, its reply
+        starts now, held back until the turn ends (`session.responses`: preemptive responses)."""
+        detection = self.config.input.turn_detection
+        if (
+            not self.defaults.preemptive_responses
+            or not isinstance(self.config, RealtimeConfig)
+            or detection is None
+            or not detection.create_response
+            or self._answer_when_idle
+        ):
+            return
+        turn = self._input.speculative_turn()
+        if turn is not None:
+            self._responses.preempt(self.config, turn, self._input.is_transcribing)
 
     def on_transcription_failed(self, request_id: str, failure: ProviderFailure) -> None:
         if self._input.on_transcription_done(request_id, None, failure):

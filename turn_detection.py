@@ -8,13 +8,14 @@ of each session, which cost more than the inference itself.
 
 `TurnDetector` is one session's detector: it is fed PCM16 mono 16 kHz audio and returns turn events whose positions
 are milliseconds of audio received (not wall-clock time), so they are exact however the audio was paced.
-`TurnDetectionProcessor` runs it in the session's Pipecat pipeline, in a worker thread.
+`pipeline_manager.PipelineManager` feeds it each chunk as the chunk arrives, outside the Pipecat pipeline: audio
+goes nowhere else, and the pipeline's frame hops (queues and tasks per processor) cost more per chunk than the rest
+of the input path together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -25,10 +26,7 @@ import numpy as np
 import onnxruntime
 from loguru import logger
 from pipecat.audio.turn.smart_turn._whisper_features import compute_whisper_log_mel_features
-from pipecat.frames.frames import Frame, InputAudioRawFrame, SystemFrame
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from metrics import VAD_LAG
 from session.configuration import SemanticVadConfig, TurnDetectionConfig
 
 SAMPLE_RATE = 16_000
@@ -48,6 +46,8 @@ SEMANTIC_MAX_WAIT_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
 # After this much silence the turn's audio so far is worth transcribing: if the turn does end, its transcript is
 # (nearly) ready when it does, instead of starting then.
 PAUSE_MS = 200
+# Semantic VAD: a turn this likely complete (Smart Turn), though not enough to end it (0.5), is worth answering early.
+PREEMPT_PROBABILITY = 0.2
 _SEMANTIC_AUDIO_S = 8
 
 
@@ -205,6 +205,8 @@ class TurnSettings:
 class TurnEventKind(Enum):
     SPEECH_STARTED = "speech_started"
     SPEECH_PAUSED = "speech_paused"
+    SPEECH_RESUMED = "speech_resumed"  # speech again after a pause, in the same turn
+    LIKELY_COMPLETE = "likely_complete"  # semantic VAD: the turn model thinks the pause may be the end
     SPEECH_STOPPED = "speech_stopped"
 
 
@@ -297,7 +299,9 @@ class TurnDetector:
             # Silero scores a window as a whole: the speech in it ends, on average, halfway through.
             self._speech_end_ms = start_ms + WINDOW_MS / 2
             self._next_semantic_check_ms = SEMANTIC_FIRST_CHECK_MS
-            self._paused = False
+            if self._paused:
+                self._paused = False
+                return TurnEvent(TurnEventKind.SPEECH_RESUMED, self._speech_end_ms)
             return None
         end_ms = start_ms + WINDOW_MS
         silence_ms = end_ms - self._speech_end_ms
@@ -322,6 +326,8 @@ class TurnDetector:
             )
             if probability > 0.5:
                 return self._stop(end_ms)
+            if probability >= PREEMPT_PROBABILITY:
+                return TurnEvent(TurnEventKind.LIKELY_COMPLETE, end_ms, self._speech_end_ms)
         return None
 
     def _stop(self, end_ms: float) -> TurnEvent:
@@ -348,56 +354,8 @@ class TurnDetector:
             self._windows_since_reset = 0
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The pipeline stage
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ConfigureTurnDetectionFrame(SystemFrame):
-    """New `turn_detection` settings (None: detection off). A system frame, so it stays in order with audio."""
-
-    settings: TurnSettings | None
-
-
-@dataclass
-class ResetTurnDetectionFrame(SystemFrame):
-    """The input buffer was cleared: drop any turn in progress."""
-
-
-# The metadata key of an audio frame's arrival time (`time.monotonic()`), set where the frame is made.
-RECEIVED_AT = "received_at"
-
-
 class TurnPort(Protocol):
     async def on_turn_events(self, events: list[TurnEvent], analysed_ms: float) -> None: ...
-
-
-class TurnDetectionProcessor(FrameProcessor):
-    """Runs the session's `TurnDetector` on the input audio in the shared thread pool and reports what it finds.
-
-    Input audio ends here: nothing downstream needs it (transcription works on committed turns)."""
-
-    def __init__(self, models: TurnModels, port: TurnPort, settings: TurnSettings | None) -> None:
-        super().__init__(name="turn-detection")
-        self._models = models
-        self._port = port
-        self._detector = TurnDetector(models, settings)
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, InputAudioRawFrame):
-            events = await self._detector.feed(frame.audio)
-            received_at = frame.metadata.get(RECEIVED_AT)
-            if received_at is not None:
-                VAD_LAG.observe(time.monotonic() - received_at)
-            await self._port.on_turn_events(events, self._detector.position_ms)
-        elif isinstance(frame, ConfigureTurnDetectionFrame):
-            self._detector.configure(frame.settings)
-        elif isinstance(frame, ResetTurnDetectionFrame):
-            self._detector.reset()
-        else:
-            await self.push_frame(frame, direction)
 
 
 def log_models_loaded(models: TurnModels, seconds: float) -> None:

@@ -35,6 +35,14 @@ sets `turn_detection: {"type": "server_vad", "create_response": false}` (default
     .venv/bin/python bench/turn_detection.py
     .venv/bin/python bench/turn_detection.py --only capacity --steps 50,100 --client-procs 2
     .venv/bin/python bench/turn_detection.py --only accuracy,lag --lag-turns 60 --chunk-ms 40
+    .venv/bin/python bench/turn_detection.py --only cost --cost-sessions 20 --cost-loops 3
+
+4. Cost (`--only cost`, not in the default run). The capacity steps need the machine to themselves: on a shared
+   machine the server is starved before its own limit. This part measures what a real-time session costs instead,
+   in CPU time, which other processes do not inflate much: `--cost-sessions` sessions each send the capacity loop
+   `--cost-loops` times (then 1 s of silence) as fast as the socket takes it, in 20 ms chunks, and the server's CPU
+   seconds (all its threads, read from /proc) until every turn's `speech_stopped` has arrived are divided by the
+   seconds of audio analysed. 1000 / (CPU ms per audio second) is how many real-time sessions one core would carry.
 
 Prints Markdown tables and writes the results to `bench/results/turn_detection.json`.
 """
@@ -747,6 +755,42 @@ def ramp_table(ramp: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
+async def measure_cost(port: int, server_pid: int, sessions: int, loops: int, compression: bool) -> dict[str, Any]:
+    """Server CPU per second of audio analysed (see part 4 of the module docstring)."""
+    chunk_ms = 20
+    audio, turns_per_loop = loop_audio(CAPACITY_LOOP, "pcm16", chunk_ms)
+    messages = append_messages(audio, "pcm16", chunk_ms) * loops
+    messages += append_messages(silence24k(1000), "pcm16", chunk_ms)
+    expected = turns_per_loop * loops
+    streams = [await open_stream(port, "pcm16", compression) for _ in range(sessions)]
+
+    async def blast(stream: Stream) -> None:
+        for message in messages:
+            await stream.ws.send(message)
+        deadline = time.monotonic() + 120
+        while len(stream.of_type("input_audio_buffer.speech_stopped")) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    try:
+        cpu, wall = process_cpu_s(server_pid) or 0.0, time.perf_counter()
+        await asyncio.gather(*(blast(stream) for stream in streams))
+        cpu, wall = (process_cpu_s(server_pid) or 0.0) - cpu, time.perf_counter() - wall
+    finally:
+        await asyncio.gather(*(stream.close() for stream in streams), return_exceptions=True)
+    audio_s = sessions * len(messages) * chunk_ms / 1000
+    stops = sum(len(stream.of_type("input_audio_buffer.speech_stopped")) for stream in streams)
+    return {
+        "sessions": sessions,
+        "audio_s": round(audio_s, 1),
+        "wall_s": round(wall, 2),
+        "server_cpu_s": round(cpu, 2),
+        "cpu_ms_per_audio_s": round(cpu / audio_s * 1000, 2),
+        "realtime_sessions_per_core": round(audio_s / cpu, 1) if cpu else None,
+        "stops": stops,
+        "expected_stops": expected * sessions,
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 
@@ -770,6 +814,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-compression", action="store_true", help="no permessage-deflate (clients negotiate it)")
     parser.add_argument("--keep-going", action="store_true", help="run every step even past the lag limit")
+    parser.add_argument("--cost-sessions", type=int, default=20, help="sessions of the cost part (default: 20)")
+    parser.add_argument("--cost-loops", type=int, default=3, help="capacity loops each cost session sends")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where to write the JSON results")
     return parser.parse_args(argv)
 
@@ -829,6 +875,18 @@ def main(argv: list[str] | None = None) -> int:
                     )
             print(
                 f"\ntarget lag p50 <= {LAG_TARGET_P50_MS:g} ms: {'met' if results['lag_target']['met'] else 'MISSED'}\n"
+            )
+
+        if "cost" in parts:
+            cost = asyncio.run(measure_cost(port, server_pid, args.cost_sessions, args.cost_loops, compression))
+            results["cost"] = cost
+            print("## Cost: server CPU per second of audio analysed\n")
+            print(
+                f"{cost['sessions']} sessions, {cost['audio_s']} s of audio in {cost['wall_s']} s: server CPU "
+                f"{cost['server_cpu_s']} s = {cost['cpu_ms_per_audio_s']} ms per audio second, about "
+                f"{cost['realtime_sessions_per_core']} real-time sessions per core; {cost['stops']} of "
+                f"{cost['expected_stops']} turns\n",
+                flush=True,
             )
 
         if "capacity" in parts:

@@ -109,10 +109,12 @@ def cache_ready() -> bool:
     return any(cache.glob("*.gguf.verified"))
 
 
-def start_offline_server(port: int, workdir: Path) -> tuple[Process, float]:
-    """Starts `main.py` with no provider settings; returns it and the seconds until `/health` said healthy."""
+def start_offline_server(port: int, workdir: Path, preemptive: str = "auto") -> tuple[Process, float]:
+    """Starts `main.py` with no provider settings (but `PREEMPTIVE_RESPONSES`); returns it and the seconds until
+    `/health` said healthy."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(PROVIDER_PREFIXES)}
     env.update({"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+    env["PREEMPTIVE_RESPONSES"] = preemptive
     started = time.perf_counter()
     server = spawn("server", [sys.executable, str(ROOT / "main.py")], workdir, env, workdir)
     url = f"http://127.0.0.1:{port}/health"
@@ -423,6 +425,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--language", choices=("en", "zh"), default="en", help="en: the English fixtures; zh: Chinese (make zh-voice)"
     )
+    parser.add_argument(
+        "--preemptive",
+        default="off,on",
+        help="PREEMPTIVE_RESPONSES values to measure, one server each, in this order (default: off,on)",
+    )
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = RESULTS_PATH if args.language == "en" else RESULTS_PATH.with_name("voice_to_voice_zh.json")
@@ -433,11 +440,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not cache_ready():
         print("warning: no joined model in the cache: this start includes the first-run join of the LLM file")
+    modes = [mode.strip() for mode in args.preemptive.split(",") if mode.strip()]
+    runs = {}
+    for mode in modes:
+        print(f"\n## PREEMPTIVE_RESPONSES={mode}", flush=True)
+        runs[mode] = run_mode(args, mode)
+    print(
+        "\n| PREEMPTIVE_RESPONSES | speech_stopped → first audio p50 / p90 | end of speech → first audio p50 / p90 "
+        "| preemptive responses discarded (server log) |"
+    )
+    print("|---|---|---|---|")
+    for mode, run in runs.items():
+        stopped, end = run["stages"]["stopped_to_audio_s"], run["stages"]["end_to_audio_s"]
+        print(
+            f"| {mode} | {stopped['p50_ms']:.0f} / {stopped['p90_ms']:.0f} ms | {end['p50_ms']:.0f} / "
+            f"{end['p90_ms']:.0f} ms | {run['preemptive_discarded']} |"
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        "benchmark": "offline default: end of user speech -> first response.output_audio.delta",
+        "language": args.language,
+        "machine": machine(),
+        "modes": runs,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results written to {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
+    return 0
+
+
+def run_mode(args: argparse.Namespace, preemptive: str) -> dict[str, Any]:
+    """One server with `PREEMPTIVE_RESPONSES=preemptive`, the turns through it, and what was measured."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-v2v-"))
     server: Process | None = None
     try:
         port = free_port()
-        server, startup_s = start_offline_server(port, workdir)
+        server, startup_s = start_offline_server(port, workdir, preemptive)
         pid = server.popen.pid
         memory_ready = memory_mb(pid)
         log = server.log()
@@ -454,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.5)
         memory_after = memory_mb(pid)
         problems = log_problems(server.log())
+        final_log = server.log()
     except BaseException:
         if server is not None:
             tail = "\n".join(server.log().splitlines()[-40:])
@@ -494,11 +533,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {line}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    results = {
-        "benchmark": "offline default: end of user speech -> first response.output_audio.delta",
-        "language": args.language,
-        "machine": machine(),
+    # A discarded attempt is invisible to the client by design; the server logs each one.
+    discarded = final_log.count("preemptive response discarded")
+    return {
+        "preemptive_responses": preemptive,
+        "preemptive_discarded": discarded,
         "providers": providers.group(1) if providers else None,
         "startup_s": round(startup_s, 2),
         "models_ready_s_per_log": float(ready_match.group(1)) if ready_match else None,
@@ -520,11 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "turns": [asdict(turn) for turn in turns],
         "server_log_problems": problems[:50],
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -62,6 +62,34 @@ class RunResponse:
 
 
 @dataclass
+class PreemptResponse:
+    """Generate the reply a paused turn would get, on its speculative transcript, before the turn has ended: the
+    pipeline runs it as any response, the core holds back what it reports (see `session.responses`)."""
+
+    run: RunResponse
+
+
+class PreemptionEnd(Enum):
+    """How a preemptive response ended: adopted by the turn it was started for, or discarded (and why)."""
+
+    ADOPTED = "adopted"
+    SPEECH_RESUMED = "speech_resumed"  # the pause was not the end of the turn
+    CONTEXT_CHANGED = "context_changed"  # the request the turn's response makes is not the one started
+    CLIENT_EVENT = "client_event"  # the client changed the session, the conversation or the input buffer
+    TURN_DROPPED = "turn_dropped"  # the turn in progress was cleared or committed by the client
+    FAILED = "failed"  # a provider failed it: the response runs afresh
+    SESSION_ENDED = "session_ended"
+
+
+@dataclass
+class EndPreemption:
+    """A preemptive response was adopted (its run goes on as the response's) or discarded (cancel it)."""
+
+    response_id: str
+    end: PreemptionEnd
+
+
+@dataclass
 class CancelResponse:
     """Stop generating a response; nothing more of it reaches the client."""
 
@@ -168,6 +196,8 @@ class ClearAudio:
 McpCommand: TypeAlias = ListMcpTools | CallMcpTool
 Command: TypeAlias = (
     RunResponse
+    | PreemptResponse
+    | EndPreemption
     | CancelResponse
     | FeedAudio
     | ConfigureTurnDetection

@@ -60,6 +60,7 @@ class SessionDefaults:
     voice: str = DEFAULT_VOICE
     transcription_model: str = DEFAULT_TRANSCRIPTION_MODEL
     mcp_allowed_hosts: tuple[str, ...] = ()  # the hosts MCP tools may name; empty: any
+    preemptive_responses: bool = False  # a paused turn's reply starts on its speculative transcript, held back
 
     def turn_detection(self) -> dict[str, JsonDict]:
         """Each turn detection type's settings when a session (or a `session.update`) does not give them."""

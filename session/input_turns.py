@@ -10,8 +10,9 @@ States (`InputTurns.state`):
   prefix padding may need. After a reply has finished playing, the idle timer may be armed.
 * `SPEAKING`: the VAD heard speech start (`speech_started` was sent). When the speaker pauses, the turn so far is
   transcribed at once (a speculation): if the turn ends at that pause, its transcript is ready when `speech_stopped`
-  is sent, instead of transcription starting then. The turn ends at `speech_stopped`, a commit, a clear, or when
-  turn detection is turned off.
+  is sent, instead of transcription starting then. If the speaker goes on, the speculation is dropped. The turn ends
+  at `speech_stopped`, a commit, a clear, or when turn detection is turned off. While a finished speculation stands,
+  `speculative_turn` is the item the turn would become if it ended there (the session may start its reply early).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from audio_utils import AudioFormat, InvalidAudio, decode_base64
-from protocol import MAX_APPEND_AUDIO_BYTES, MIN_COMMIT_MS, ProtocolError, ServerEvent, new_id
+from protocol import MAX_APPEND_AUDIO_BYTES, MIN_COMMIT_MS, JsonDict, ProtocolError, ServerEvent, new_id
 from session.commands import ConfigureTurnDetection, FeedAudio, ProviderFailure, ResetTurnDetection, Transcribe
-from session.configuration import InputAudioConfig, ServerVadConfig
+from session.configuration import InputAudioConfig, SemanticVadConfig, ServerVadConfig
 from session.conversation import Conversation, StoredItem
 from session.input_buffer import InputAudioBuffer, to_pipeline_pcm
 from session.outbox import Outbox
@@ -48,6 +49,7 @@ class _Speculation:
     failure: ProviderFailure | None = None
     done: bool = False
     deltas: list[str] = field(default_factory=list)  # streamed words, sent only if the speculation is adopted
+    likely_complete: bool = False  # semantic VAD: the turn model thought the turn may end at this pause
 
 
 @dataclass
@@ -230,6 +232,28 @@ class InputTurns:
         audio = self._buffer.peek(phase.start_ms, speech_end_ms + _SPECULATION_TAIL_MS)
         self._outbox.command(self._transcribe(phase.speculation.request_id, audio))
 
+    def on_speech_resumed(self) -> None:
+        """The speaker went on after a pause: the speculation made at it is not the turn's transcript."""
+        if isinstance(self._phase, _Speaking):
+            self._phase.speculation = None
+
+    def on_turn_likely_complete(self) -> None:
+        """Semantic VAD: the turn model judged the turn likely (not surely) complete at the current pause."""
+        speculation = self._speculation()
+        if speculation is not None:
+            speculation.likely_complete = True
+
+    def speculative_turn(self) -> JsonDict | None:
+        """The user item the turn in progress would become, transcribed, if it ended at the pause its finished
+        speculation was made at; None without one (or if it failed). Under semantic VAD only once the turn model
+        has judged that pause a likely end (every short pause is not worth a reply)."""
+        speculation = self._speculation()
+        if speculation is None or not speculation.done or speculation.transcript is None:
+            return None
+        if isinstance(self._config.turn_detection, SemanticVadConfig) and not speculation.likely_complete:
+            return None
+        return _user_item(self._item_id, speculation.transcript)
+
     def on_speech_stopped(self, end_ms: float, speech_end_ms: float | None = None) -> bool:
         """The VAD judged the turn over at `end_ms`: the turn is committed. Returns whether it was."""
         phase = self._phase
@@ -254,14 +278,7 @@ class InputTurns:
         item_id, self._item_id = self._item_id, new_id("item")
         previous = self._conversation.last_id()
         self._outbox.emit(ServerEvent.INPUT_AUDIO_BUFFER_COMMITTED, previous_item_id=previous, item_id=item_id)
-        item = {
-            "id": item_id,
-            "type": "message",
-            "object": "realtime.item",
-            "status": "completed",
-            "role": "user",
-            "content": [{"type": "input_audio", "transcript": None}],
-        }
+        item = _user_item(item_id, None)
         stored = StoredItem(item=item, audio=bytearray(audio), audio_format=self.format)
         previous = self._conversation.add(stored)
         self._outbox.item_added(previous, item)
@@ -348,3 +365,15 @@ class InputTurns:
     def _sends_transcripts(self) -> bool:
         """Transcripts go to the client only when it asked for them; the LLM gets them either way."""
         return self._config.transcription is not None
+
+
+def _user_item(item_id: str, transcript: str | None) -> JsonDict:
+    """A user turn's item (its audio is kept apart, in `StoredItem.audio`)."""
+    return {
+        "id": item_id,
+        "type": "message",
+        "object": "realtime.item",
+        "status": "completed",
+        "role": "user",
+        "content": [{"type": "input_audio", "transcript": transcript}],
+    }

@@ -19,6 +19,15 @@ open ones, and the end of the response closes whatever is still open, so every `
 
 The in-band response (one at a time, `conversation: "auto"`) writes its items into the conversation; out-of-band
 responses (`conversation: "none"`) only report them.
+
+A preemptive response (`PreemptionState`) is the reply a paused user turn would get, started on the turn's
+speculative transcript while the VAD waits out the silence: the pipeline runs it like any response, but it is no
+response yet — no event, id or item of it exists for the client, and what the pipeline reports of it is held here
+(`GENERATING`, then `GENERATED` once the LLM's run is over, or `FAILED`). When the turn ends at that pause, the
+response the server creates for it takes the preemptive run over if that run is exactly the request the response
+would make now (same conversation, transcript, instructions, tools, settings): `response.created` goes out, then
+what was held, in order, at once. Otherwise, or when anything changes meanwhile, it is discarded: the pipeline
+cancels it and nothing of it is ever seen.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import Literal, TypeAlias
 
 from audio_utils import AudioFormat, OutputEncoder, encode_base64
@@ -37,9 +47,12 @@ from session.commands import (
     CallMcpTool,
     CancelResponse,
     EndAudio,
+    EndPreemption,
     McpCallError,
     McpErrorKind,
     PlayAudio,
+    PreemptionEnd,
+    PreemptResponse,
     ProviderFailure,
     RunResponse,
     TruncationPolicy,
@@ -71,6 +84,19 @@ class ResponseState(Enum):
     HELD = "held"
     GENERATING = "generating"
     CALLING_TOOLS = "calling_tools"
+
+
+class PreemptionState(Enum):
+    GENERATING = "generating"  # the pipeline is running it; its reports are held
+    GENERATED = "generated"  # the LLM's run is over: everything it produced is held
+    FAILED = "failed"  # a provider failed it: it cannot be adopted (a response runs afresh)
+
+
+@dataclass
+class _Preemption:
+    run: RunResponse
+    state: PreemptionState = PreemptionState.GENERATING
+    held: list[Callable[[], None]] = field(default_factory=list)  # the pipeline's reports, replayed on adoption
 
 
 class OutputKind(Enum):
@@ -164,6 +190,11 @@ class ResponseStream:
         self._mcp = mcp
         self._mcp_allowed_hosts = mcp_allowed_hosts
         self._responses: dict[str, _Response] = {}
+        self._preemption: _Preemption | None = None
+
+    @property
+    def preemption_state(self) -> PreemptionState | None:
+        return self._preemption.state if self._preemption is not None else None
 
     @property
     def active_ids(self) -> list[str]:
@@ -193,8 +224,33 @@ class ResponseStream:
         *,
         event_id: str | None = None,
         temperature: float | None = None,
+        answers_turn: Callable[[str | None], bool] | None = None,
     ) -> str:
-        """Starts a response (client `response.create`, or the server after a turn). Returns its id."""
+        """Starts a response (client `response.create`, or the server after a turn). Returns its id.
+
+        `answers_turn` (the server's response to a turn that just ended; it says which items are still being
+        transcribed): a preemptive response started for that turn is adopted if it stands."""
+        preemption, self._preemption = self._preemption, None
+        try:
+            response = self._build(params, config, event_id, temperature)
+        except ProtocolError:
+            self._end_preemption(preemption, PreemptionEnd.CLIENT_EVENT)
+            raise
+        if preemption is not None and answers_turn is not None and self._adopt(response, preemption, answers_turn):
+            return response.id
+        if preemption is not None and preemption.state is PreemptionState.FAILED:
+            self._end_preemption(preemption, PreemptionEnd.FAILED)
+        else:
+            self._end_preemption(
+                preemption, PreemptionEnd.CONTEXT_CHANGED if answers_turn else PreemptionEnd.CLIENT_EVENT
+            )
+        self._register(response)
+        return response.id
+
+    def _build(
+        self, params: JsonDict, config: RealtimeConfig, event_id: str | None, temperature: float | None
+    ) -> _Response:
+        """The response `params` ask for, checked, not started yet."""
         in_band = params.get("conversation", "auto") != "none"
         if in_band and self.in_band_id is not None:
             raise ProtocolError(
@@ -266,9 +322,76 @@ class ResponseStream:
         )
         if "tools" in params:
             self._mcp.ensure_listed(tools)  # a response's own MCP servers are listed as a session's are
+        return response
+
+    def _register(self, response: _Response) -> None:
         self._responses[response.id] = response
         self._outbox.emit(ServerEvent.RESPONSE_CREATED, response=self._response_object(response, None, None))
-        return response.id
+
+    # ---- preemptive responses --------------------------------------------------------------------------------
+
+    def preempt(
+        self, config: RealtimeConfig, turn_item: JsonDict, is_transcribing: Callable[[str | None], bool]
+    ) -> None:
+        """A paused turn's speculative transcript is ready: the reply the server would make if the turn ended now
+        (with `turn_item`, the turn as the conversation would have it) starts in the pipeline, held back here.
+        Only when nothing else is in progress, and not with MCP tools (listing and approvals have effects)."""
+        if self._preemption is not None or self._responses:
+            return
+        items = self._conversation.items()
+        if any(is_transcribing(item.get("id")) for item in items):
+            return
+        try:
+            response = self._build({}, config, None, None)
+        except ProtocolError:
+            return
+        if mcp_tools_of(response.tools):
+            return
+        run, _ = self._released_run(response)
+        run = _with_context(run, [*items, turn_item])
+        self._preemption = _Preemption(run)
+        self._outbox.command(PreemptResponse(run))
+
+    def discard_preemption(self, end: PreemptionEnd) -> None:
+        """The preemptive response (if any) cannot be the turn's reply any more: the pipeline drops it."""
+        preemption, self._preemption = self._preemption, None
+        self._end_preemption(preemption, end)
+
+    def _end_preemption(self, preemption: _Preemption | None, end: PreemptionEnd) -> None:
+        if preemption is not None:
+            self._outbox.command(EndPreemption(preemption.run.response_id, end))
+
+    def _adopt(
+        self, response: _Response, preemption: _Preemption, is_transcribing: Callable[[str | None], bool]
+    ) -> bool:
+        """`response` takes the preemptive run over if that run is what the response would ask for now; what the
+        pipeline reported of it goes out at once, after `response.created`."""
+        if preemption.state is PreemptionState.FAILED or not response.in_band or mcp_tools_of(response.tools):
+            return False
+        items = self._conversation.items()
+        if any(is_transcribing(item.get("id")) for item in items):
+            return False
+        run, bindings = self._released_run(response)
+        run = _with_context(dataclasses.replace(run, response_id=preemption.run.response_id), items)
+        if run != preemption.run:
+            return False
+        response.id, response.run, response.mcp = run.response_id, preemption.run, bindings
+        response.state = ResponseState.GENERATING
+        response.llm_running = True
+        self._register(response)
+        self._outbox.command(EndPreemption(response.id, PreemptionEnd.ADOPTED))
+        for report in preemption.held:
+            report()
+        return True
+
+    def _held(self, response_id: str, report: Callable[[], None]) -> bool:
+        """Whether `response_id` is the preemptive response's: then its report waits for the adoption."""
+        preemption = self._preemption
+        if preemption is None or preemption.run.response_id != response_id:
+            return False
+        if preemption.state is PreemptionState.GENERATING:
+            preemption.held.append(report)
+        return True
 
     def release_ready(self, is_transcribing: Callable[[str | None], bool]) -> None:
         """Hands the pipeline every held response whose context is ready: a user turn still being transcribed holds
@@ -279,15 +402,18 @@ class ResponseStream:
             items = response.input_items if response.input_items is not None else self._conversation.items()
             if any(is_transcribing(item.get("id")) for item in items) or self._mcp.is_listing(response.tools):
                 continue
-            response.run.system = (
-                [{"role": "system", "content": response.instructions}] if response.instructions else []
-            )
-            mcp_chat, response.mcp = self._mcp.chat_tools(response.tools)
-            response.run.tools = [*response.run.tools, *mcp_chat]
-            response.run.tool_choice = self._mcp_choice(response.run.tool_choice, response.mcp)
+            response.run, response.mcp = self._released_run(response)
             if response.in_band and self._run_approved(response):
                 continue  # the approved MCP calls run first; the LLM runs on their results
             self._generate(response)
+
+    def _released_run(self, response: _Response) -> tuple[RunResponse, dict[str, McpBinding]]:
+        """The response's run as it is released: its instructions, and the MCP tools listed by now."""
+        run = response.run
+        mcp_chat, bindings = self._mcp.chat_tools(response.tools)
+        system = [{"role": "system", "content": response.instructions}] if response.instructions else []
+        choice = self._mcp_choice(run.tool_choice, bindings)
+        return dataclasses.replace(run, system=system, tools=[*run.tools, *mcp_chat], tool_choice=choice), bindings
 
     def _generate(self, response: _Response) -> None:
         """Hands the response to the pipeline: the LLM runs on the conversation as it is now."""
@@ -302,8 +428,7 @@ class ResponseStream:
             # A forced tool call was made already; and past the last round no more MCP calls are offered.
             choice: str | JsonDict = "auto" if response.rounds < MAX_MCP_ROUNDS else "none"
             run = response.run = dataclasses.replace(run, tool_choice=choice)
-        run.units = chat_units(items)
-        run.has_images = any(has_image(item) for item in items if item["type"] == "message")
+        response.run = run = _with_context(run, items)
         self._outbox.command(run)
 
     @staticmethod
@@ -380,6 +505,7 @@ class ResponseStream:
 
     def fail_all(self, failure: ProviderFailure) -> None:
         """Ends every response in progress as failed (the server is shutting down, say)."""
+        self.discard_preemption(PreemptionEnd.SESSION_ENDED)
         for response_id in list(self._responses):
             self._outbox.command(CancelResponse(response_id))
             self.on_failed(response_id, failure)
@@ -394,6 +520,8 @@ class ResponseStream:
 
     def on_message_started(self, response_id: str) -> None:
         """The LLM began a text reply: the assistant message item opens (before its audio is ready)."""
+        if self._held(response_id, partial(self.on_message_started, response_id)):
+            return
         response = self._responses.get(response_id)
         if response is not None:
             self._ensure_message(response)
@@ -401,6 +529,8 @@ class ResponseStream:
     def on_reply_text(self, response_id: str, text: str) -> None:
         """Text of the reply: written text for a text response, the transcript of what is about to be spoken for an
         audio response."""
+        if self._held(response_id, partial(self.on_reply_text, response_id, text)):
+            return
         response = self._responses.get(response_id)
         if response is None or not text:
             return
@@ -418,6 +548,8 @@ class ResponseStream:
 
     def on_audio(self, response_id: str, pcm: bytes) -> None:
         """PCM16 mono 24 kHz audio of an audio-modality response."""
+        if self._held(response_id, partial(self.on_audio, response_id, pcm)):
+            return
         response = self._responses.get(response_id)
         if response is None or not pcm or response.modality != "audio":
             return
@@ -439,6 +571,8 @@ class ResponseStream:
 
     def on_tool_call(self, response_id: str, index: int, call_id: str | None, name: str | None, arguments: str) -> None:
         """A piece of a tool call the LLM is making: the first piece of each call names it."""
+        if self._held(response_id, partial(self.on_tool_call, response_id, index, call_id, name, arguments)):
+            return
         response = self._responses.get(response_id)
         if response is None:
             return
@@ -482,6 +616,10 @@ class ResponseStream:
     def on_done(self, response_id: str, usage: Usage | None, finish_reason: str | None) -> None:
         """The pipeline finished the LLM's run (all text, audio and tool calls delivered): the response ends, or
         goes on once the MCP calls it made have ended."""
+        if self._held(response_id, partial(self.on_done, response_id, usage, finish_reason)):
+            if self._preemption is not None:
+                self._preemption.state = PreemptionState.GENERATED
+            return
         response = self._responses.get(response_id)
         if response is None or response.state is ResponseState.CALLING_TOOLS:
             return  # not the LLM's: its MCP calls are running
@@ -519,6 +657,10 @@ class ResponseStream:
 
     def on_failed(self, response_id: str, failure: ProviderFailure) -> None:
         """A provider failed while generating the response: an `error` event, then a failed `response.done`."""
+        if self._held(response_id, partial(self.on_failed, response_id, failure)):
+            if self._preemption is not None:
+                self._preemption.state, self._preemption.held = PreemptionState.FAILED, []
+            return
         response = self._responses.get(response_id)
         if response is None:
             return
@@ -768,3 +910,9 @@ def truncation_policy(truncation: Literal["auto", "disabled"] | RetentionRatioTr
         limit = limits.post_instructions if limits is not None else None
         return TruncationPolicy("retention_ratio", truncation.retention_ratio, limit)
     return TruncationPolicy(truncation)
+
+
+def _with_context(run: RunResponse, items: list[JsonDict]) -> RunResponse:
+    """`run` on the conversation `items` (what the LLM sees of them)."""
+    has_images = any(has_image(item) for item in items if item["type"] == "message")
+    return dataclasses.replace(run, units=chat_units(items), has_images=has_images)

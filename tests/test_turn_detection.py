@@ -17,15 +17,17 @@ def models() -> TurnModels:
 
 
 async def detect(
-    models: TurnModels, audio24k: bytes, settings: TurnSettings, chunk_ms: int = 20
+    models: TurnModels, audio24k: bytes, settings: TurnSettings, chunk_ms: int = 20, every: bool = False
 ) -> list[tuple[str, float]]:
+    """The turn events (pauses and resumptions too if `every`)."""
     pcm = resample(audio24k, WIRE_PCM_RATE, PIPELINE_INPUT_RATE)
     detector = TurnDetector(models, settings)
     size = PIPELINE_INPUT_RATE * 2 * chunk_ms // 1000
     events = []
     for start in range(0, len(pcm), size):
         events.extend(await detector.feed(pcm[start : start + size]))
-    return [(event.kind.value, event.at_ms) for event in events if event.kind is not TurnEventKind.SPEECH_PAUSED]
+    inner = () if every else (TurnEventKind.SPEECH_PAUSED, TurnEventKind.SPEECH_RESUMED)
+    return [(event.kind.value, event.at_ms) for event in events if event.kind not in inner]
 
 
 async def test_server_vad_finds_the_question(models: TurnModels) -> None:
@@ -47,8 +49,18 @@ async def test_two_utterances_are_two_turns(models: TurnModels) -> None:
 
 async def test_a_long_silence_window_joins_them(models: TurnModels) -> None:
     audio = pcm24k("two_utterances.wav") + silence24k(1000)
-    events = await detect(models, audio, TurnSettings(silence_duration_ms=1600))
-    assert [kind for kind, _ in events] == ["speech_started", "speech_stopped"]
+    events = await detect(models, audio, TurnSettings(silence_duration_ms=1600), every=True)
+    # The gap between them is a pause the speaker resumed from (what preemptive responses are discarded on).
+    assert [kind for kind, _ in events] == [
+        "speech_started",
+        "speech_paused",
+        "speech_resumed",
+        "speech_paused",
+        "speech_stopped",
+    ]
+    first, second = utterances("two_utterances.wav")
+    assert abs(events[1][1] - first["end_ms"]) <= TOLERANCE_MS
+    assert abs(events[2][1] - second["start_ms"]) <= TOLERANCE_MS, events
 
 
 async def test_noise_under_the_threshold_is_no_turn(models: TurnModels) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 import protocol
@@ -48,7 +49,7 @@ def parse_client_event(raw: str | bytes, dialect: Dialect) -> ClientCommand:
             "Binary frames are not supported: send each event as a JSON text frame.", code="invalid_event"
         )
     try:
-        data = json.loads(raw)
+        data = _loads(raw)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"The event could not be parsed as JSON: {exc}.", code="invalid_json") from None
     if not isinstance(data, dict):
@@ -83,6 +84,15 @@ def parse_client_event(raw: str | bytes, dialect: Dialect) -> ClientCommand:
     except ValidationError as exc:
         raise validation_error(exc, data, event_id) from None
     return _to_command(event, dialect)
+
+
+def _loads(raw: str) -> Any:
+    """orjson reads the JSON (several times faster: this runs on every append); what it refuses, the standard
+    library reads as before (NaN, integers past 64 bits, lone surrogates) or rejects with its own message."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def _parse_append_fast(data: JsonDict, event_id: str | None) -> protocol.AudioAppend:

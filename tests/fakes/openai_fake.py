@@ -12,7 +12,8 @@ steer it through `/_fake/*` endpoints:
   "ms_per_char": float, "stall_s": float, "drop_after_bytes": int}`; a transcription step is
   `{"text": str, "status": int, "delay_s": float}` (the default text is "hello").
 * `GET /_fake/requests?key=KEY` returns the requests of KEY (all of them without `key`: path, headers, JSON body,
-  and the session they were for); `POST /_fake/reset` clears scripts and the log.
+  and the session they were for; a chat request whose client went away before the reply ended has
+  `"cancelled": true`); `POST /_fake/reset` clears scripts and the log.
 
 Run it alone with `python -m tests.fakes.openai_fake --port 9100` (the benchmark does).
 """
@@ -104,7 +105,18 @@ class FakeOpenAI:
     # ---- chat completions ----------------------------------------------------------------------------------
 
     async def _chat(self, request: web.Request, step: dict[str, Any] | None = None) -> web.StreamResponse:
-        body = await self._record(request)
+        body = await request.json()
+        record = self._log(request, body)
+        record["cancelled"] = False
+        try:
+            return await self._chat_reply(request, body, step)
+        except (ConnectionError, asyncio.CancelledError):
+            record["cancelled"] = True  # the client closed the stream (a cancelled response)
+            raise
+
+    async def _chat_reply(
+        self, request: web.Request, body: dict[str, Any], step: dict[str, Any] | None
+    ) -> web.StreamResponse:
         step = self.step("chat", request) if step is None else step
         if step.get("delay_s"):
             await asyncio.sleep(step["delay_s"])
