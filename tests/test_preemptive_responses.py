@@ -9,7 +9,9 @@ import base64
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.audio_fixtures import chunks, pcm24k, silence24k, utterances
@@ -27,9 +29,20 @@ TTS_DELAY_S = 0.08
 
 @pytest.fixture(scope="module")
 def preemptive_server(fake_openai: FakeOpenAI) -> Iterator[RunningServer]:
-    running = start_server({**provider_env(fake_openai), "PREEMPTIVE_RESPONSES": "on"})
+    running = start_server({**provider_env(fake_openai), "PREEMPTIVE_RESPONSES": "on", "METRICS": "true"})
     yield running
     running.stop()
+
+
+def preemption_counts(server: RunningServer) -> dict[str, float]:
+    """`realtime_preemptive_responses_total` by outcome, from the server's `/metrics`."""
+    text = httpx.get(f"{server.base_url}/metrics").text
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "realtime_preemptive_responses_total"
+    }
 
 
 def speech(name: str) -> bytes:
@@ -68,6 +81,7 @@ async def configure(client: RealtimeTestClient, **input_audio: Any) -> None:
 async def test_a_turn_that_ends_at_its_pause_hears_its_reply_at_once(
     preemptive_server: RunningServer, fake: FakeOpenAI
 ) -> None:
+    counted_before = preemption_counts(preemptive_server)
     async with connect(preemptive_server.base_url) as client:
         await client.until("conversation.created")
         script(
@@ -105,6 +119,9 @@ async def test_a_turn_that_ends_at_its_pause_hears_its_reply_at_once(
     (chat,) = fake_requests(fake, "/v1/chat/completions", client.session_id)
     assert not chat["cancelled"]
     assert chat["body"]["messages"][-1] == {"role": "user", "content": "What is the weather like in Paris today?"}
+    counted = preemption_counts(preemptive_server)
+    for outcome in ("started", "adopted"):
+        assert counted.get(outcome, 0) - counted_before.get(outcome, 0) == 1, (counted_before, counted)
 
 
 async def _speech_then_silence(client: RealtimeTestClient, voice: bytes, silence_ms: int) -> None:
